@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest bench bench-wrk bench-callgrind clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check asgi_perf tests benchmarks examples
+	$(BIN)/ruff format --check asgi_perf tests benchmarks examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict asgi_perf
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/pytest benchmarks --benchmark-only -p no:randomly -o testpaths=benchmarks
+
+bench-wrk: $(STAMP)
+	$(BIN)/python benchmarks/wrk_throughput.py
+
+bench-callgrind: $(STAMP)
+	$(BIN)/python benchmarks/callgrind_instructions.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks perf-results

@@ -1,0 +1,145 @@
+"""Configuration: one frozen dataclass, checked once, read once.
+
+Keyword options and ``PerfConfig`` fields are the same names. Environment
+variables ``ASGI_PERF_*`` override them, so an operator can change a deployed
+app without touching its code; they are read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from asgi_perf._types import Scope
+from asgi_perf.errors import ConfigError
+
+RouteKeyFunc = Callable[[Scope], str]
+AuthorizeFunc = Callable[[Scope], bool]
+BudgetsSource = Mapping[str, Any] | str | os.PathLike[str] | None
+
+_PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~\-/]*[A-Za-z0-9._~\-]$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class PerfConfig:
+    """Every option of ``PerfMiddleware``; invalid values raise ``ConfigError``."""
+
+    enabled: bool = True
+    prefix: str = "/_perf"
+    token: str | None = None
+    authorize: AuthorizeFunc | None = None
+    budgets: BudgetsSource = None
+    min_samples: int = 20
+    max_routes: int = 500
+    route_key: RouteKeyFunc | None = None
+    tracemalloc: bool = False
+    recent_window_s: int = 60
+    memory_sample_every: int = 16
+
+    def __post_init__(self) -> None:
+        _check_bool("enabled", self.enabled)
+        _check_bool("tracemalloc", self.tracemalloc)
+        if not isinstance(self.prefix, str) or not _PREFIX_RE.match(self.prefix):
+            raise ConfigError(
+                f"prefix: {self.prefix!r} must start with '/', not end with '/', "
+                "and use only letters, digits and ._~-/"
+            )
+        if self.token is not None and (not isinstance(self.token, str) or not self.token):
+            raise ConfigError("token: must be a non-empty string or None")
+        for name in ("authorize", "route_key"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise ConfigError(f"{name}: must be a callable taking the ASGI scope, or None")
+        _check_int("max_routes", self.max_routes, 1, 100_000)
+        _check_int("min_samples", self.min_samples, 0, 10**9)
+        _check_int("recent_window_s", self.recent_window_s, 10, 3600)
+        _check_int("memory_sample_every", self.memory_sample_every, 1, 1_000_000)
+        if self.budgets is not None and not isinstance(self.budgets, (Mapping, str, os.PathLike)):
+            raise ConfigError("budgets: must be a dict, a path to a TOML file, or None")
+
+    @classmethod
+    def from_options(
+        cls,
+        config: PerfConfig | None = None,
+        env: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> PerfConfig:
+        """Merge a base config, keyword options and the environment (last wins)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown option {unknown[0]!r} for PerfMiddleware "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        base = config if config is not None else cls()
+        if not isinstance(base, PerfConfig):
+            raise ConfigError("config: must be a PerfConfig")
+        merged = dataclasses.replace(base, **options) if options else base
+        return merged.with_env(os.environ if env is None else env)
+
+    def with_env(self, env: Mapping[str, str]) -> PerfConfig:
+        """Apply ``ASGI_PERF_*`` overrides; a bad value names its variable."""
+        changes: dict[str, Any] = {}
+        for name, parse in _ENV_PARSERS.items():
+            var = "ASGI_PERF_" + name.upper()
+            raw = env.get(var)
+            if raw is None:
+                continue
+            try:
+                changes[name] = parse(raw.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{var}={raw!r}: {exc}") from None
+        if not changes:
+            return self
+        try:
+            return dataclasses.replace(self, **changes)
+        except ConfigError as exc:
+            raise ConfigError(f"from environment: {exc}") from None
+
+
+def _parse_bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+def _parse_optional_str(raw: str) -> str | None:
+    return raw or None
+
+
+_ENV_PARSERS: dict[str, Callable[[str], Any]] = {
+    "enabled": _parse_bool,
+    "token": _parse_optional_str,
+    "prefix": str,
+    "budgets": _parse_optional_str,
+    "min_samples": _parse_int,
+    "max_routes": _parse_int,
+    "tracemalloc": _parse_bool,
+}
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: must be True or False, got {value!r}")
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name}: must be a whole number from {low} to {high}, got {value!r}")

@@ -1,0 +1,202 @@
+"""PerfMiddleware: times every HTTP request per route and serves ``/_perf``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import tracemalloc
+from collections.abc import Awaitable
+from typing import Any
+
+from asgi_perf._types import ASGIApp, Message, Receive, Scope, Send
+from asgi_perf.budgets import BudgetSet, load_budgets
+from asgi_perf.config import PerfConfig
+from asgi_perf.memory import RSSReader, process_memory, traced_growth, traced_start
+from asgi_perf.routes import FASTAPI_CONTEXT_KEY, UNMATCHED, RouteKeys
+from asgi_perf.stats.store import EXCEPTION, INCOMPLETE, Recorder
+
+logger = logging.getLogger("asgi_perf")
+_perf_counter_ns = time.perf_counter_ns
+_FASTAPI_CONTEXT_KEY = FASTAPI_CONTEXT_KEY
+
+
+class PerfMiddleware:
+    """Pure ASGI middleware; ``app.add_middleware(PerfMiddleware, **options)``.
+
+    Options are the fields of ``PerfConfig`` (or pass ``config=PerfConfig(...)``);
+    ``ASGI_PERF_*`` environment variables override both.
+    """
+
+    def __init__(self, app: ASGIApp, config: PerfConfig | None = None, **options: Any) -> None:
+        self.app = app
+        self.config = cfg = PerfConfig.from_options(config, **options)
+        self.enabled = cfg.enabled
+        self.budgets: BudgetSet = load_budgets(cfg.budgets, min_samples=cfg.min_samples)
+        self.recorder = Recorder(max_routes=cfg.max_routes, window_s=cfg.recent_window_s)
+        self.internal_errors = 0
+        self._logged: set[str] = set()
+        self._prefix = cfg.prefix
+        self._prefix_len = len(cfg.prefix)
+        self._keys = RouteKeys()
+        self._route_key = cfg.route_key
+        self._active: dict[int, Scope] = {}
+        self._rss = RSSReader()
+        self._tracemalloc = cfg.tracemalloc
+        self.memory_method = "tracemalloc" if cfg.tracemalloc else "rss"
+        self._memory_every = cfg.memory_sample_every
+        # Reading RSS costs a system call; only every n-th request pays it.
+        # The first request is measured so that a quiet app shows a number.
+        self._seen = -1
+        self._started_tracemalloc = False
+        if cfg.tracemalloc and not tracemalloc.is_tracing():
+            tracemalloc.start()
+            self._started_tracemalloc = True
+        from asgi_perf.endpoints import make_perf_app
+
+        self._perf_app = make_perf_app(self)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.enabled:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.startswith(self._prefix) and (
+            len(path) == self._prefix_len or path[self._prefix_len] == "/"
+        ):
+            await self._perf_app(scope, receive, send)
+            return
+
+        t0 = _perf_counter_ns()
+        ttfb = 0
+        end = 0
+        status = 0
+        nbytes = 0
+        raised = False
+        memory_start = -1
+        self._seen = seen = self._seen + 1
+        if self._tracemalloc:
+            memory_start = traced_start()
+        elif not seen % self._memory_every:
+            memory_start = self._rss()
+        entry_root = scope.get("root_path", "")
+        active = self._active
+        rid = id(scope)
+        active[rid] = scope
+
+        # A plain function returning the server's awaitable: no extra
+        # coroutine per message. The request ends when the app hands over
+        # its last body chunk.
+        def timed_send(message: Message) -> Awaitable[None]:
+            nonlocal ttfb, end, status, nbytes
+            kind = message["type"]
+            if kind == "http.response.body":
+                nbytes += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    end = _perf_counter_ns()
+            elif kind == "http.response.start":
+                status = message["status"]
+                ttfb = _perf_counter_ns()
+            return send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        except Exception:
+            raised = True
+            raise
+        finally:
+            flags = 0
+            if not end:
+                # Disconnected, cancelled or raised: the request ends now.
+                end = _perf_counter_ns()
+                flags = EXCEPTION if raised else INCOMPLETE
+            elif raised:
+                flags = EXCEPTION
+            del active[rid]
+            try:
+                if memory_start < 0:
+                    memory = None
+                elif self._tracemalloc:
+                    memory = traced_growth(memory_start)
+                else:
+                    memory = self._rss() - memory_start
+                if raised and not status:
+                    status = 500  # what the server will answer
+                self.recorder.record(
+                    self._key(scope, entry_root),
+                    (ttfb or end) - t0,
+                    end - t0,
+                    status,
+                    nbytes,
+                    memory,
+                    flags,
+                    end,
+                )
+            except Exception as exc:
+                self.internal_error("record", exc)
+
+    def _key(self, scope: Scope, entry_root: str) -> str:
+        if self._route_key is not None:
+            try:
+                return str(self._route_key(scope)) or UNMATCHED
+            except Exception as exc:
+                self.internal_error("route_key", exc)
+                return UNMATCHED
+        route = scope.get("route")
+        if route is None:
+            return UNMATCHED
+        ident = route
+        fastapi_scope = scope.get("fastapi")
+        if fastapi_scope:
+            context = fastapi_scope.get(_FASTAPI_CONTEXT_KEY)
+            if context is not None and context.original_route is route:
+                ident = context
+        hit = self._keys.memo.get((id(ident), scope["method"], scope.get("root_path", "")))
+        if hit is not None:
+            return hit[1]
+        return self._keys.resolve(scope, entry_root)
+
+    def internal_error(self, kind: str, exc: BaseException) -> None:
+        """Count a failure inside asgi_perf; log each kind once, never raise."""
+        self.internal_errors += 1
+        if kind not in self._logged:
+            self._logged.add(kind)
+            logger.error(
+                "asgi_perf internal error (%s); the request was served", kind, exc_info=exc
+            )
+
+    def in_flight(self) -> dict[str, int]:
+        """Requests running now, by route key (routing has usually happened)."""
+        counts: dict[str, int] = {}
+        for scope in list(self._active.values()):
+            # Starlette's mounts keep the root path they started from here.
+            entry_root = scope.get("app_root_path", scope.get("root_path", ""))
+            key = self._key(scope, entry_root)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def snapshot(self, *, histograms: bool = False) -> dict[str, Any]:
+        """Everything measured so far, as served by ``GET {prefix}/stats``."""
+        snap = self.recorder.snapshot(self.in_flight(), self.memory_method, histograms)
+        snap["pid"] = os.getpid()
+        snap["internal_errors"] = self.internal_errors
+        snap["process"] = process_memory()
+        snap["memory_note"] = (
+            "per-request memory is the growth of process RSS (sampled requests) "
+            "or the tracemalloc peak; concurrent requests blur both"
+        )
+        if self.budgets:
+            checked = self.budgets.check(snap)
+            snap["budgets"] = {
+                "ok": checked["ok"],
+                "failed": sum(1 for v in checked["verdicts"] if v["verdict"] == "fail"),
+            }
+            for route in snap["routes"]:
+                route["budget"] = self.budgets.route_verdict(route)
+        return dict(sorted(snap.items(), key=lambda kv: kv[0] != "schema"))
+
+    def reset(self) -> dict[str, Any]:
+        """Clear all numbers; returns the snapshot that was cleared."""
+        cleared = self.snapshot()
+        self.recorder.reset()
+        return cleared

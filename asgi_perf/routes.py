@@ -1,0 +1,140 @@
+"""Route keys: ``METHOD template`` from what the framework matched.
+
+The only module that knows framework internals. Starlette's router writes the
+matched route object into ``scope["route"]`` and grows ``scope["root_path"]``
+for every ``Mount`` it enters; newer FastAPI keeps routes of included routers
+unprefixed and records the effective (prefixed) one in ``scope["fastapi"]``.
+Raw paths never become keys: what cannot be resolved to a template is
+``<unmatched>``, and a mount prefix that matches no known mount becomes
+``{mount}``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from asgi_perf._types import Scope
+
+UNMATCHED = "<unmatched>"
+OTHER = "<other>"
+FASTAPI_CONTEXT_KEY = "effective_route_context"
+_PARAM_RE = re.compile(r"{([^{}:]+)(?::[^{}]*)?}")
+# Distinct concrete mount prefixes remembered; templated mounts could
+# otherwise grow this without bound.
+_MAX_PREFIX_CACHE = 4096
+
+
+def route_template(scope: Scope, entry_root_path: str, mounts: MountIndex) -> str | None:
+    """The matched template (with mount prefixes), or None when nothing matched."""
+    route = scope.get("route")
+    if route is None:
+        return None
+    fastapi_scope = scope.get("fastapi")
+    template: str | None = None
+    if fastapi_scope is not None:
+        context = fastapi_scope.get(FASTAPI_CONTEXT_KEY)
+        if context is not None and context.original_route is route:
+            template = context.path_format
+    if template is None:
+        found = getattr(route, "path_format", None)
+        if not isinstance(found, str):
+            return None
+        template = found
+    root_path = scope.get("root_path", "")
+    if root_path == entry_root_path:
+        return template
+    # Inside one or more mounts. A Mount left as the route means the mounted
+    # app was a router that matched nothing (a 404 in the sub-app), unless the
+    # mount wraps a plain ASGI app (StaticFiles): then the mount is the route.
+    is_mount = hasattr(route, "routes") and hasattr(route, "app")
+    if is_mount:
+        if route.routes:
+            return None
+        return mounts.resolve(root_path[len(entry_root_path) :], scope) + "/{path}"
+    return mounts.resolve(root_path[len(entry_root_path) :], scope) + template
+
+
+class RouteKeys:
+    """``METHOD template`` of a finished request, memoised per matched route.
+
+    The memo is keyed by the identity of what the framework matched (the
+    FastAPI effective route, else the route), the method and the root path,
+    which together fix the template; it stops growing at a bound, after
+    which keys are still right, only not memoised.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.memo: dict[tuple[int, str, str], tuple[object, str]] = {}
+        self._max = max_entries
+        self._mounts = MountIndex()
+
+    @staticmethod
+    def identity(scope: Scope) -> object:
+        """The object whose template names this request (None: no route).
+
+        PerfMiddleware._key inlines this on the hot path; keep them alike.
+        """
+        route = scope.get("route")
+        fastapi_scope = scope.get("fastapi")
+        if route is not None and fastapi_scope is not None:
+            context = fastapi_scope.get(FASTAPI_CONTEXT_KEY)
+            if context is not None and context.original_route is route:
+                return context
+        return route
+
+    def resolve(self, scope: Scope, entry_root_path: str) -> str:
+        """The key of ``scope``, computed and memoised (the slow path)."""
+        template = route_template(scope, entry_root_path, self._mounts)
+        key = UNMATCHED if template is None else f"{scope['method']} {template}"
+        ident = self.identity(scope)
+        if ident is not None and len(self.memo) < self._max:
+            # The object is kept with its key so its id cannot be reused.
+            memo_key = (id(ident), scope["method"], scope.get("root_path", ""))
+            self.memo[memo_key] = (ident, key)
+        return key
+
+
+class MountIndex:
+    """Maps a concrete mount prefix (``/tenants/acme``) to its template."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, str] = {}
+        self._patterns: list[tuple[re.Pattern[str], str]] | None = None
+        self._router: object = None
+
+    def resolve(self, concrete: str, scope: Scope) -> str:
+        cached = self._cache.get(concrete)
+        if cached is not None:
+            return cached
+        router = scope.get("router")
+        if self._patterns is None or router is not self._router:
+            self._router = router
+            self._patterns = list(_walk_mounts(getattr(router, "routes", ()), ""))
+        template = "{mount}"
+        for pattern, tmpl in self._patterns:
+            if pattern.fullmatch(concrete):
+                template = tmpl
+                break
+        if len(self._cache) < _MAX_PREFIX_CACHE:
+            self._cache[concrete] = template
+        return template
+
+
+def _walk_mounts(routes: Any, prefix: str) -> Any:
+    """Every Mount under ``routes`` as (regex of its concrete prefix, template)."""
+    for route in routes:
+        if not (hasattr(route, "routes") and hasattr(route, "app")):
+            continue
+        path = getattr(route, "path", None)
+        if not isinstance(path, str):
+            continue
+        template = prefix + _PARAM_RE.sub(r"{\1}", path)
+        yield _template_regex(template), template
+        yield from _walk_mounts(route.routes, template)
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    parts = _PARAM_RE.split(template)
+    # split() alternates literal text and parameter names.
+    return re.compile("".join(re.escape(p) if i % 2 == 0 else "[^/]+" for i, p in enumerate(parts)))

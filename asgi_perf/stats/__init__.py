@@ -1,0 +1,1 @@
+"""Numbers: histograms and per-route statistics."""

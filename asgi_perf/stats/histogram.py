@@ -1,0 +1,177 @@
+"""A log-bucketed histogram with a guaranteed relative error.
+
+Bucket ``i`` holds values in ``(GAMMA**(i-1), GAMMA**i]`` and reports the
+point ``2 * GAMMA**i / (GAMMA + 1)``, which is within ``LAYOUT_ALPHA`` of
+every value in the bucket (the DDSketch construction). Buckets are fixed, so
+two histograms merge exactly by adding counts: that is what lets workers and
+saved snapshots be combined without losing accuracy. Memory is bounded by
+the value range: about 1 100 buckets cover 1 ns to one hour.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
+from itertools import repeat
+from operator import lt, mul
+from typing import Any
+
+RELATIVE_ERROR = 0.01
+# The layout is built a little tighter than the promise, so that float
+# rounding at a bucket edge can never push an answer past RELATIVE_ERROR.
+LAYOUT_ALPHA = 0.0095
+GAMMA = (1 + LAYOUT_ALPHA) / (1 - LAYOUT_ALPHA)
+_INV_LOG_GAMMA = 1.0 / math.log(GAMMA)
+_log = math.log
+_ceil = math.ceil
+_positive = partial(lt, 0)
+
+QUANTILES: tuple[tuple[str, float], ...] = (
+    ("p50", 0.50),
+    ("p90", 0.90),
+    ("p95", 0.95),
+    ("p99", 0.99),
+    ("p999", 0.999),
+)
+
+
+def bucket_index(value: float) -> int:
+    """The bucket a positive value falls in."""
+    return _ceil(_log(value) * _INV_LOG_GAMMA)
+
+
+def bucket_value(index: int) -> float:
+    """The representative value of a bucket (within RELATIVE_ERROR of its members)."""
+    return 2.0 * GAMMA**index / (GAMMA + 1.0)
+
+
+class Histogram:
+    """Counts of non-negative values; values <= 0 land in an exact zero bucket."""
+
+    __slots__ = ("buckets", "count", "max", "min", "sum", "zero")
+
+    def __init__(self) -> None:
+        self.buckets: Counter[int] = Counter()
+        self.count = 0
+        self.zero = 0
+        self.sum = 0.0
+        self.max = 0.0
+        self.min = math.inf
+
+    def record(self, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        if value > self.max:
+            self.max = value
+        if value < self.min:
+            self.min = value
+        if value > 0:
+            i = _ceil(_log(value) * _INV_LOG_GAMMA)
+            b = self.buckets
+            b[i] = b.get(i, 0) + 1
+        else:
+            self.zero += 1
+
+    def record_many(self, values: Sequence[float]) -> None:
+        """Record a batch; the per-value work runs in C (map, Counter.update)."""
+        if not values:
+            return
+        positive = list(filter(_positive, values))
+        self.count += len(values)
+        self.zero += len(values) - len(positive)
+        self.sum += sum(values)
+        self.max = max(self.max, max(values))
+        self.min = min(self.min, min(values))
+        self.buckets.update(map(_ceil, map(mul, map(_log, positive), repeat(_INV_LOG_GAMMA))))
+
+    def merge(self, other: Histogram) -> None:
+        """Add ``other``'s counts into this histogram (exact)."""
+        if not other.count:
+            return
+        self.buckets.update(other.buckets)
+        self.count += other.count
+        self.zero += other.zero
+        self.sum += other.sum
+        self.max = max(self.max, other.max)
+        self.min = min(self.min, other.min)
+
+    def copy(self) -> Histogram:
+        h = Histogram()
+        h.merge(self)
+        return h
+
+    def quantile(self, q: float) -> float:
+        """The nearest-rank ``q`` quantile, within RELATIVE_ERROR of the exact one."""
+        if not self.count:
+            return 0.0
+        rank = max(1, _ceil(q * self.count))
+        if rank <= self.zero:
+            return 0.0
+        seen = self.zero
+        for i in sorted(self.buckets):
+            seen += self.buckets[i]
+            if seen >= rank:
+                # The exact extremes are known; never report beyond them.
+                return min(max(bucket_value(i), self.min), self.max)
+        return self.max
+
+    def quantiles(self, names: Iterable[tuple[str, float]] = QUANTILES) -> dict[str, float]:
+        """Several quantiles in one pass over the sorted buckets."""
+        wanted = sorted(names, key=lambda nq: nq[1])
+        out = dict.fromkeys((n for n, _ in wanted), 0.0)
+        if not self.count:
+            return out
+        ranks = [(n, max(1, _ceil(q * self.count))) for n, q in wanted]
+        seen = self.zero
+        k = 0
+        while k < len(ranks) and ranks[k][1] <= seen:
+            k += 1
+        for i in sorted(self.buckets):
+            seen += self.buckets[i]
+            value = min(max(bucket_value(i), self.min), self.max)
+            while k < len(ranks) and ranks[k][1] <= seen:
+                out[ranks[k][0]] = value
+                k += 1
+            if k == len(ranks):
+                break
+        return out
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count if self.count else 0.0
+
+    def summary(self, scale: float = 1.0, ndigits: int = 3) -> dict[str, float]:
+        """Quantiles, max and mean divided by ``scale`` (e.g. 1e6 for ns -> ms)."""
+        out = {k: round(v / scale, ndigits) for k, v in self.quantiles().items()}
+        out["max"] = round(self.max / scale, ndigits)
+        out["mean"] = round(self.mean / scale, ndigits)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready form; ``from_dict`` restores it exactly."""
+        return {
+            "layout_alpha": LAYOUT_ALPHA,
+            "count": self.count,
+            "zero": self.zero,
+            "sum": self.sum,
+            "min": self.min if self.count else 0.0,
+            "max": self.max,
+            "buckets": [[i, self.buckets[i]] for i in sorted(self.buckets)],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Histogram:
+        if data.get("layout_alpha", LAYOUT_ALPHA) != LAYOUT_ALPHA:
+            raise ValueError("histogram was recorded with another bucket layout")
+        h = cls()
+        h.buckets = Counter({int(i): int(c) for i, c in data.get("buckets", [])})
+        h.count = int(data.get("count", 0))
+        h.zero = int(data.get("zero", 0))
+        h.sum = float(data.get("sum", 0.0))
+        h.max = float(data.get("max", 0.0))
+        h.min = float(data.get("min", 0.0)) if h.count else math.inf
+        if sum(h.buckets.values()) + h.zero != h.count:
+            raise ValueError("histogram bucket counts do not add up to its count")
+        return h

@@ -1,0 +1,293 @@
+"""Per-route statistics: cumulative since start or reset, plus a recent window.
+
+Each route records into the histograms of the current time slice only; when
+a slice leaves the recent window it is folded into the cumulative base. So a
+request touches one set of histograms, and "since start" is the base plus
+the live slices, merged exactly when a snapshot is taken.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from itertools import repeat
+from operator import floordiv
+from typing import Any
+
+from asgi_perf.routes import OTHER, UNMATCHED
+from asgi_perf.stats.histogram import Histogram
+
+SCHEMA = 1
+SLICES = 6
+# Requests buffered per route before their numbers are folded in, in C
+# (see Histogram.record_many): a few hundred bytes a route at most.
+BATCH = 64
+EXCEPTION = 1
+INCOMPLETE = 2
+_MB = float(1 << 20)
+_SPECIAL = frozenset({UNMATCHED, OTHER})
+
+
+class _Slice:
+    __slots__ = ("epoch", "memory", "total", "ttfb")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.ttfb = Histogram()
+        self.total = Histogram()
+        self.memory = Histogram()
+
+    def merge_into(self, other: _Slice) -> None:
+        other.ttfb.merge(self.ttfb)
+        other.total.merge(self.total)
+        other.memory.merge(self.memory)
+
+
+class RouteStats:
+    """Counters and histograms of one route key."""
+
+    __slots__ = (
+        "base",
+        "bytes",
+        "count",
+        "current",
+        "disconnects",
+        "errors",
+        "exceptions",
+        "key",
+        "method",
+        "pending",
+        "slices",
+        "status",
+        "template",
+    )
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        method, sep, template = key.partition(" ")
+        if sep and method.isalpha() and method.isupper():
+            self.method, self.template = method, template
+        else:
+            self.method, self.template = "", key
+        self.count = 0
+        self.errors = 0
+        self.exceptions = 0
+        self.disconnects = 0
+        self.bytes = 0
+        # Indexed by status // 100; index 0 holds "no response was sent".
+        self.status = [0, 0, 0, 0, 0, 0]
+        self.base = _Slice(-1)
+        self.current = _Slice(-1)
+        self.slices: deque[_Slice] = deque()
+        self.pending: list[tuple[int, int, int, int, int | None, int]] = []
+
+    def flush(self) -> None:
+        """Fold buffered requests into the current slice and the counters."""
+        pending = self.pending
+        if not pending:
+            return
+        self.pending = []
+        ttfbs, totals, statuses, sizes, memories, flags = zip(*pending, strict=True)
+        cur = self.current
+        cur.ttfb.record_many(ttfbs)
+        cur.total.record_many(totals)
+        if memories.count(None) != len(memories):
+            cur.memory.record_many([m for m in memories if m is not None])
+        self.count += len(pending)
+        self.bytes += sum(sizes)
+        status = self.status
+        for cls, n in Counter(map(floordiv, statuses, repeat(100))).items():
+            if 0 < cls < 6:
+                status[cls] += n
+            else:
+                status[0] += n
+            if cls >= 5:
+                self.errors += n
+        if any(flags):
+            self.exceptions += sum(1 for f in flags if f & EXCEPTION)
+            self.disconnects += sum(1 for f in flags if f & INCOMPLETE)
+
+    def rotate(self, epoch: int) -> _Slice:
+        """Start the slice for ``epoch``; fold slices that left the window."""
+        self.flush()
+        slices = self.slices
+        while slices and slices[0].epoch <= epoch - SLICES:
+            slices.popleft().merge_into(self.base)
+        self.current = _Slice(epoch)
+        slices.append(self.current)
+        return self.current
+
+    def merged(self, since_epoch: int | None) -> _Slice:
+        """Everything recorded (``since_epoch`` None) or only the recent slices."""
+        self.flush()
+        out = _Slice(-1)
+        if since_epoch is None:
+            self.base.merge_into(out)
+        for s in self.slices:
+            if since_epoch is None or s.epoch > since_epoch:
+                s.merge_into(out)
+        return out
+
+
+class Recorder:
+    """All routes of one process. The hot path calls ``record`` only."""
+
+    def __init__(
+        self,
+        *,
+        max_routes: int = 500,
+        window_s: int = 60,
+        clock_ns: Any = time.perf_counter_ns,
+        wall: Any = time.time,
+    ) -> None:
+        self.max_routes = max_routes
+        self.window_s = window_s
+        self._slice_ns = window_s * 1_000_000_000 // SLICES
+        self._clock_ns = clock_ns
+        self._wall = wall
+        self.routes: dict[str, RouteStats] = {}
+        self.started_ns = clock_ns()
+        self.started_at = wall()
+        self.reset_ns = self.started_ns
+        self.reset_at = self.started_at
+        self.overflowed = 0
+
+    def record(
+        self,
+        key: str,
+        ttfb_ns: int,
+        total_ns: int,
+        status: int,
+        nbytes: int,
+        memory: int | None,
+        flags: int,
+        now_ns: int,
+    ) -> None:
+        """One finished request; ``flags`` holds EXCEPTION and INCOMPLETE bits."""
+        rs = self.routes.get(key)
+        if rs is None:
+            rs = self._route(key)
+        epoch = now_ns // self._slice_ns
+        if rs.current.epoch != epoch:
+            rs.rotate(epoch)
+        pending = rs.pending
+        pending.append((ttfb_ns, total_ns, status, nbytes, memory, flags))
+        if len(pending) >= BATCH:
+            rs.flush()
+
+    def _route(self, key: str) -> RouteStats:
+        if key not in _SPECIAL and len(self.routes) - self._specials() >= self.max_routes:
+            self.overflowed += 1
+            key = OTHER
+            rs = self.routes.get(key)
+            if rs is not None:
+                return rs
+        rs = self.routes[key] = RouteStats(key)
+        return rs
+
+    def _specials(self) -> int:
+        return sum(1 for k in _SPECIAL if k in self.routes)
+
+    def reset(self) -> None:
+        self.routes = {}
+        self.overflowed = 0
+        self.reset_ns = self._clock_ns()
+        self.reset_at = self._wall()
+
+    def snapshot(
+        self,
+        in_flight: dict[str, int] | None = None,
+        memory_method: str = "rss",
+        histograms: bool = False,
+    ) -> dict[str, Any]:
+        """Plain JSON-ready numbers of every route (see README for the fields)."""
+        now = self._clock_ns()
+        recent_since = now // self._slice_ns - SLICES
+        # The window is 60 s once running that long; before, what has elapsed.
+        span_s = max(min(self.window_s, (now - self.reset_ns) / 1e9), 1e-3)
+        in_flight = in_flight or {}
+        routes = [
+            self._route_snapshot(
+                rs, recent_since, span_s, in_flight.get(rs.key, 0), memory_method, histograms
+            )
+            for rs in sorted(self.routes.values(), key=lambda r: r.key)
+        ]
+        for key in sorted(set(in_flight) - set(self.routes)):
+            # In flight but not finished once yet: show it, with no numbers.
+            routes.append(
+                self._route_snapshot(
+                    RouteStats(key), recent_since, span_s, in_flight[key], memory_method, histograms
+                )
+            )
+        return {
+            "schema": SCHEMA,
+            "uptime_s": round((now - self.started_ns) / 1e9, 3),
+            "since_reset_s": round((now - self.reset_ns) / 1e9, 3),
+            "started_at": self.started_at,
+            "reset_at": self.reset_at,
+            "requests": sum(r["count"] for r in routes),
+            "in_flight": sum(in_flight.values()),
+            "max_routes": self.max_routes,
+            "routes_dropped": self.overflowed,
+            "routes": routes,
+        }
+
+    def _route_snapshot(
+        self,
+        rs: RouteStats,
+        recent_since: int,
+        span_s: float,
+        in_flight: int,
+        memory_method: str,
+        histograms: bool,
+    ) -> dict[str, Any]:
+        total = rs.merged(None)
+        recent = rs.merged(recent_since)
+        entry: dict[str, Any] = {
+            "route": rs.key,
+            "method": rs.method,
+            "template": rs.template,
+            "count": rs.count,
+            "errors": rs.errors,
+            "exceptions": rs.exceptions,
+            "disconnects": rs.disconnects,
+            "status": {
+                "1xx": rs.status[1],
+                "2xx": rs.status[2],
+                "3xx": rs.status[3],
+                "4xx": rs.status[4],
+                "5xx": rs.status[5],
+                "none": rs.status[0],
+            },
+            "in_flight": in_flight,
+            "bytes": rs.bytes,
+            "latency_ms": total.total.summary(1e6),
+            "ttfb_ms": total.ttfb.summary(1e6),
+            "memory_mb": memory_summary(total.memory, memory_method),
+            "recent": {
+                "window_s": self.window_s,
+                "count": recent.total.count,
+                "rps": round(recent.total.count / span_s, 3),
+                "latency_ms": recent.total.summary(1e6),
+            },
+        }
+        if histograms:
+            entry["histograms"] = {
+                "latency_ns": total.total.to_dict(),
+                "ttfb_ns": total.ttfb.to_dict(),
+                "memory_bytes": total.memory.to_dict(),
+            }
+        return entry
+
+
+def memory_summary(h: Histogram, method: str) -> dict[str, Any]:
+    """Per-request memory growth in MB (2**20 bytes), labelled with its method."""
+    out: dict[str, Any] = {
+        "p50": round(h.quantile(0.5) / _MB, 3),
+        "p99": round(h.quantile(0.99) / _MB, 3),
+        "max": round(h.max / _MB, 3),
+        "mean": round(h.mean / _MB, 3),
+        "samples": h.count,
+        "method": method,
+    }
+    return out
