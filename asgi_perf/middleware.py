@@ -39,6 +39,8 @@ class PerfMiddleware:
         self._prefix = cfg.prefix
         self._prefix_len = len(cfg.prefix)
         self._keys = RouteKeys()
+        self._memo = self._keys.memo
+        self._record = self.recorder.record
         self._route_key = cfg.route_key
         self._active: dict[int, Scope] = {}
         self._rss = RSSReader()
@@ -79,7 +81,6 @@ class PerfMiddleware:
             memory_start = traced_start()
         elif not seen % self._memory_every:
             memory_start = self._rss()
-        entry_root = scope.get("root_path", "")
         active = self._active
         rid = id(scope)
         active[rid] = scope
@@ -122,8 +123,8 @@ class PerfMiddleware:
                     memory = self._rss() - memory_start
                 if raised and not status:
                     status = 500  # what the server will answer
-                self.recorder.record(
-                    self._key(scope, entry_root),
+                self._record(
+                    self._key(scope),
                     (ttfb or end) - t0,
                     end - t0,
                     status,
@@ -135,7 +136,7 @@ class PerfMiddleware:
             except Exception as exc:
                 self.internal_error("record", exc)
 
-    def _key(self, scope: Scope, entry_root: str) -> str:
+    def _key(self, scope: Scope) -> str:
         if self._route_key is not None:
             try:
                 return str(self._route_key(scope)) or UNMATCHED
@@ -151,10 +152,12 @@ class PerfMiddleware:
             context = fastapi_scope.get(_FASTAPI_CONTEXT_KEY)
             if context is not None and context.original_route is route:
                 ident = context
-        hit = self._keys.memo.get((id(ident), scope["method"], scope.get("root_path", "")))
+        hit = self._memo.get((id(ident), scope["method"], scope.get("root_path", "")))
         if hit is not None:
             return hit[1]
-        return self._keys.resolve(scope, entry_root)
+        # Starlette's mounts keep the root path they started from; without a
+        # mount the root path is still the one this middleware saw.
+        return self._keys.resolve(scope, scope.get("app_root_path", scope.get("root_path", "")))
 
     def internal_error(self, kind: str, exc: BaseException) -> None:
         """Count a failure inside asgi_perf; log each kind once, never raise."""
@@ -169,9 +172,7 @@ class PerfMiddleware:
         """Requests running now, by route key (routing has usually happened)."""
         counts: dict[str, int] = {}
         for scope in list(self._active.values()):
-            # Starlette's mounts keep the root path they started from here.
-            entry_root = scope.get("app_root_path", scope.get("root_path", ""))
-            key = self._key(scope, entry_root)
+            key = self._key(scope)
             counts[key] = counts.get(key, 0) + 1
         return counts
 

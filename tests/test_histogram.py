@@ -110,3 +110,21 @@ def test_memory_is_bounded_by_value_range_not_count():
         h.record(rng.uniform(1e3, 1e10))  # 1 µs .. 10 s in ns
     # log(1e7) / log(gamma) ~ 850 buckets whatever the number of values.
     assert len(h.buckets) < 900
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_record_many_equals_record_one_by_one(seed):
+    rng = random.Random(seed)
+    values = [rng.choice([0, 1, 17, 10**6]) * rng.random() for _ in range(500)]
+    values += [int(rng.lognormvariate(11, 2)) for _ in range(500)]
+    one, many = Histogram(), Histogram()
+    for v in values:
+        one.record(v)
+    for start in range(0, len(values), 128):
+        many.record_many(values[start : start + 128])
+    assert (many.count, many.zero, many.max, many.min) == (one.count, one.zero, one.max, one.min)
+    assert many.sum == pytest.approx(one.sum)
+    # Float rounding may move a value sitting exactly on an edge by one
+    # bucket; the quantiles must still agree within the error bound.
+    for name, value in one.quantiles().items():
+        assert many.quantiles()[name] == pytest.approx(value, rel=2 * RELATIVE_ERROR)

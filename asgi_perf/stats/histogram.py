@@ -11,11 +11,9 @@ the value range: about 1 100 buckets cover 1 ns to one hour.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from functools import partial
-from itertools import repeat
-from operator import lt, mul
 from typing import Any
 
 RELATIVE_ERROR = 0.01
@@ -26,7 +24,6 @@ GAMMA = (1 + LAYOUT_ALPHA) / (1 - LAYOUT_ALPHA)
 _INV_LOG_GAMMA = 1.0 / math.log(GAMMA)
 _log = math.log
 _ceil = math.ceil
-_positive = partial(lt, 0)
 
 QUANTILES: tuple[tuple[str, float], ...] = (
     ("p50", 0.50),
@@ -75,16 +72,32 @@ class Histogram:
             self.zero += 1
 
     def record_many(self, values: Sequence[float]) -> None:
-        """Record a batch; the per-value work runs in C (map, Counter.update)."""
+        """Record a batch: sorted once in C, then one step per occupied bucket.
+
+        Far cheaper per value than ``record`` when many values share few
+        buckets, as request latencies do; this is what keeps the per-request
+        cost of the middleware low.
+        """
         if not values:
             return
-        positive = list(filter(_positive, values))
-        self.count += len(values)
-        self.zero += len(values) - len(positive)
-        self.sum += sum(values)
-        self.max = max(self.max, max(values))
-        self.min = min(self.min, min(values))
-        self.buckets.update(map(_ceil, map(mul, map(_log, positive), repeat(_INV_LOG_GAMMA))))
+        ordered = sorted(values)
+        n = len(ordered)
+        self.count += n
+        self.sum += sum(ordered)
+        if ordered[-1] > self.max:
+            self.max = ordered[-1]
+        if ordered[0] < self.min:
+            self.min = ordered[0]
+        pos = bisect_right(ordered, 0)
+        self.zero += pos
+        buckets = self.buckets
+        while pos < n:
+            i = _ceil(_log(ordered[pos]) * _INV_LOG_GAMMA)
+            # Every value up to this bucket's upper edge lands in it; the edge
+            # is nudged so that float rounding never leaves pos where it was.
+            nxt = bisect_right(ordered, GAMMA**i * (1 + 1e-12), pos)
+            buckets[i] += nxt - pos
+            pos = nxt
 
     def merge(self, other: Histogram) -> None:
         """Add ``other``'s counts into this histogram (exact)."""
