@@ -38,7 +38,7 @@ class RSSReader:
             fd = self._open()
             if fd < 0:
                 return int(self._process.memory_info().rss)
-        return int(os.pread(fd, 64, 0).split()[1]) * self._page
+        return int(os.pread(fd, 64, 0).split(None, 2)[1]) * self._page
 
     def _open(self) -> int:
         with self._lock:

@@ -77,10 +77,11 @@ class PerfMiddleware:
         raised = False
         memory_start = -1
         self._seen = seen = self._seen + 1
-        if self._tracemalloc:
-            memory_start = traced_start()
-        elif not seen % self._memory_every:
-            memory_start = self._rss()
+        if self._tracemalloc or not seen % self._memory_every:
+            try:
+                memory_start = traced_start() if self._tracemalloc else self._rss()
+            except Exception as exc:
+                self.internal_error("memory", exc)
         active = self._active
         rid = id(scope)
         active[rid] = scope
@@ -98,6 +99,8 @@ class PerfMiddleware:
             elif kind == "http.response.start":
                 status = message["status"]
                 ttfb = _perf_counter_ns()
+            elif kind == "http.response.pathsend":
+                end = _perf_counter_ns()
             return send(message)
 
         try:
