@@ -86,22 +86,18 @@ class PerfConfig:
 
     def with_env(self, env: Mapping[str, str]) -> PerfConfig:
         """Apply ``ASGI_PERF_*`` overrides; a bad value names its variable."""
-        changes: dict[str, Any] = {}
+        merged = self
         for name, parse in _ENV_PARSERS.items():
             var = "ASGI_PERF_" + name.upper()
             raw = env.get(var)
             if raw is None:
                 continue
             try:
-                changes[name] = parse(raw.strip())
+                merged = dataclasses.replace(merged, **{name: parse(raw.strip())})
             except ValueError as exc:
+                # ConfigError is a ValueError: range checks land here too.
                 raise ConfigError(f"{var}={raw!r}: {exc}") from None
-        if not changes:
-            return self
-        try:
-            return dataclasses.replace(self, **changes)
-        except ConfigError as exc:
-            raise ConfigError(f"from environment: {exc}") from None
+        return merged
 
 
 def _parse_bool(raw: str) -> bool:

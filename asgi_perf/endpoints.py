@@ -74,23 +74,45 @@ def bearer_token(scope: Scope) -> str | None:
     return None
 
 
+def route_path(scope: Scope) -> str:
+    """The path without the server's root path (``uvicorn --root-path``)."""
+    path: str = scope["path"]
+    root_path = scope.get("root_path")
+    if root_path and path.startswith(root_path):
+        return path[len(root_path) :]
+    return path
+
+
 class Gate:
     """Spec section 7: who may read ``/_perf`` (and ask for profiles by header)."""
 
-    def __init__(self, token: str | None, authorize: Callable[[Scope], Any] | None) -> None:
+    def __init__(
+        self,
+        token: str | None,
+        authorize: Callable[[Scope], Any] | None,
+        on_error: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
         self._token = token.encode() if token else None
         self._authorize = authorize
+        self._on_error = on_error
 
     async def check(self, scope: Scope) -> Response | None:
         """None when allowed, else the response to send."""
         if self._authorize is not None:
-            allowed = self._authorize(scope)
-            if inspect.isawaitable(allowed):
-                allowed = await allowed
+            try:
+                allowed = self._authorize(scope)
+                if inspect.isawaitable(allowed):
+                    allowed = await allowed
+            except Exception as exc:
+                # A broken hook must fail closed, and not as a 500 page.
+                if self._on_error is not None:
+                    self._on_error("authorize", exc)
+                return error_response(403, "forbidden: the authorize hook raised an error")
             return None if allowed else error_response(403, "forbidden by the authorize hook")
         if self._token is not None:
             given = bearer_token(scope)
-            if given is not None and hmac.compare_digest(given.encode(), self._token):
+            # latin-1 gives back the header's own bytes, so a UTF-8 token matches.
+            if given is not None and hmac.compare_digest(given.encode("latin-1"), self._token):
                 return None
             return error_response(
                 401,
@@ -133,7 +155,7 @@ class PerfAPI:
         denied = await self.gate.check(scope)
         if denied is not None:
             return denied
-        sub = scope["path"][len(self.prefix) :] or "/"
+        sub = route_path(scope)[len(self.prefix) :] or "/"
         for pattern, methods, params in self._routes:
             match = pattern.match(sub)
             if match is None:
@@ -171,7 +193,8 @@ def query_bool(request: Request, name: str) -> bool:
 def make_perf_app(mw: PerfMiddleware) -> PerfAPI:
     """The ``/_perf`` app of one middleware instance."""
     cfg = mw.config
-    api = PerfAPI(cfg.prefix, Gate(cfg.token, cfg.authorize), mw.internal_error)
+    gate = Gate(cfg.token, cfg.authorize, mw.internal_error)
+    api = PerfAPI(cfg.prefix, gate, mw.internal_error)
 
     async def index(request: Request) -> Response:
         p = cfg.prefix

@@ -28,6 +28,12 @@ class RSSReader:
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._forget)
 
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
     def _forget(self) -> None:
         self._fd = -1
         self._process = psutil.Process()
@@ -82,3 +88,8 @@ def process_memory(process: psutil.Process | None = None) -> dict[str, Any]:
     except psutil.Error:
         out.setdefault("rss_mb", 0.0)
     return out
+
+
+# One descriptor for the whole process: every middleware instance shares it,
+# and the fork hook it registers is registered once.
+read_rss = RSSReader()

@@ -12,7 +12,7 @@ from typing import Any
 from asgi_perf._types import ASGIApp, Message, Receive, Scope, Send
 from asgi_perf.budgets import BudgetSet, load_budgets
 from asgi_perf.config import PerfConfig
-from asgi_perf.memory import RSSReader, process_memory, traced_growth, traced_start
+from asgi_perf.memory import process_memory, read_rss, traced_growth, traced_start
 from asgi_perf.routes import FASTAPI_CONTEXT_KEY, UNMATCHED, RouteKeys
 from asgi_perf.stats.store import EXCEPTION, INCOMPLETE, Recorder
 
@@ -43,7 +43,7 @@ class PerfMiddleware:
         self._record = self.recorder.record
         self._route_key = cfg.route_key
         self._active: dict[int, Scope] = {}
-        self._rss = RSSReader()
+        self._rss = read_rss
         self._tracemalloc = cfg.tracemalloc
         self.memory_method = "tracemalloc" if cfg.tracemalloc else "rss"
         self._memory_every = cfg.memory_sample_every
@@ -51,7 +51,7 @@ class PerfMiddleware:
         # The first request is measured so that a quiet app shows a number.
         self._seen = -1
         self._started_tracemalloc = False
-        if cfg.tracemalloc and not tracemalloc.is_tracing():
+        if cfg.enabled and cfg.tracemalloc and not tracemalloc.is_tracing():
             tracemalloc.start()
             self._started_tracemalloc = True
         from asgi_perf.endpoints import make_perf_app
@@ -63,6 +63,10 @@ class PerfMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        root_path = scope.get("root_path")
+        if root_path and path.startswith(root_path):
+            # Servers started with --root-path put it in front of the path.
+            path = path[len(root_path) :]
         if path.startswith(self._prefix) and (
             len(path) == self._prefix_len or path[self._prefix_len] == "/"
         ):
@@ -101,6 +105,7 @@ class PerfMiddleware:
                 ttfb = _perf_counter_ns()
             elif kind == "http.response.pathsend":
                 end = _perf_counter_ns()
+                nbytes += _file_size(message.get("path"))
             return send(message)
 
         try:
@@ -174,8 +179,9 @@ class PerfMiddleware:
     def in_flight(self) -> dict[str, int]:
         """Requests running now, by route key (routing has usually happened)."""
         counts: dict[str, int] = {}
+        capped = self.recorder.capped
         for scope in list(self._active.values()):
-            key = self._key(scope)
+            key = capped(self._key(scope))
             counts[key] = counts.get(key, 0) + 1
         return counts
 
@@ -204,3 +210,11 @@ class PerfMiddleware:
         cleared = self.snapshot()
         self.recorder.reset()
         return cleared
+
+
+def _file_size(path: object) -> int:
+    """Bytes of a file sent by ``http.response.pathsend`` (0 when unknown)."""
+    try:
+        return os.stat(path).st_size if isinstance(path, (str, os.PathLike)) else 0
+    except OSError:
+        return 0

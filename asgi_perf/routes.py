@@ -19,6 +19,9 @@ from asgi_perf._types import Scope
 UNMATCHED = "<unmatched>"
 OTHER = "<other>"
 FASTAPI_CONTEXT_KEY = "effective_route_context"
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
 _PARAM_RE = re.compile(r"{([^{}:]+)(?::[^{}]*)?}")
 # Distinct concrete mount prefixes remembered; templated mounts could
 # otherwise grow this without bound.
@@ -86,7 +89,13 @@ class RouteKeys:
     def resolve(self, scope: Scope, entry_root_path: str) -> str:
         """The key of ``scope``, computed and memoised (the slow path)."""
         template = route_template(scope, entry_root_path, self._mounts)
-        key = UNMATCHED if template is None else f"{scope['method']} {template}"
+        method = scope["method"]
+        # A client may send any token as a method (a 405 still matches the
+        # path); only the registered ones may each name a route.
+        if template is None or method not in HTTP_METHODS:
+            key = UNMATCHED
+        else:
+            key = f"{method} {template}"
         ident = self.identity(scope)
         if ident is not None and len(self.memo) < self._max:
             # The object is kept with its key so its id cannot be reused.
@@ -128,6 +137,8 @@ def _walk_mounts(routes: Any, prefix: str) -> Any:
             continue
         path = getattr(route, "path", None)
         if not isinstance(path, str):
+            # A Host (or another router-like route) adds no path of its own.
+            yield from _walk_mounts(route.routes, prefix)
             continue
         template = prefix + _PARAM_RE.sub(r"{\1}", path)
         yield _template_regex(template), template

@@ -184,6 +184,12 @@ class Recorder:
         rs = self.routes[key] = RouteStats(key)
         return rs
 
+    def capped(self, key: str) -> str:
+        """The key ``key`` would be recorded under now (``<other>`` past the cap)."""
+        if key in self.routes or key in _SPECIAL:
+            return key
+        return key if len(self.routes) - self._specials() < self.max_routes else OTHER
+
     def _specials(self) -> int:
         return sum(1 for k in _SPECIAL if k in self.routes)
 
