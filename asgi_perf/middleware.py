@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -14,11 +15,12 @@ from asgi_perf.budgets import BudgetSet, load_budgets
 from asgi_perf.config import PerfConfig
 from asgi_perf.memory import process_memory, read_rss, traced_growth, traced_start
 from asgi_perf.routes import FASTAPI_CONTEXT_KEY, UNMATCHED, RouteKeys
-from asgi_perf.stats.store import EXCEPTION, INCOMPLETE, Recorder
+from asgi_perf.stats.store import BATCH, EXCEPTION, INCOMPLETE, Recorder
 
 logger = logging.getLogger("asgi_perf")
 _perf_counter_ns = time.perf_counter_ns
 _FASTAPI_CONTEXT_KEY = FASTAPI_CONTEXT_KEY
+_BATCH = BATCH
 
 
 class PerfMiddleware:
@@ -40,16 +42,17 @@ class PerfMiddleware:
         self._prefix_len = len(cfg.prefix)
         self._keys = RouteKeys()
         self._memo = self._keys.memo
-        self._record = self.recorder.record
+        self._pending = self.recorder.pending
+        self._flush = self.recorder.flush
         self._route_key = cfg.route_key
         self._active: dict[int, Scope] = {}
         self._rss = read_rss
         self._tracemalloc = cfg.tracemalloc
         self.memory_method = "tracemalloc" if cfg.tracemalloc else "rss"
-        self._memory_every = cfg.memory_sample_every
         # Reading RSS costs a system call; only every n-th request pays it.
         # The first request is measured so that a quiet app shows a number.
-        self._seen = -1
+        every = 1 if cfg.tracemalloc else cfg.memory_sample_every
+        self._memory_turn = itertools.cycle([True] + [False] * (every - 1))
         self._started_tracemalloc = False
         if cfg.enabled and cfg.tracemalloc and not tracemalloc.is_tracing():
             tracemalloc.start()
@@ -62,30 +65,14 @@ class PerfMiddleware:
         if scope["type"] != "http" or not self.enabled:
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        root_path = scope.get("root_path")
-        if root_path and path.startswith(root_path):
-            # Servers started with --root-path put it in front of the path.
-            path = path[len(root_path) :]
-        if path.startswith(self._prefix) and (
-            len(path) == self._prefix_len or path[self._prefix_len] == "/"
-        ):
+        # A substring test first: one C call decides for almost every request.
+        if self._prefix in scope["path"] and self._is_perf_path(scope):
             await self._perf_app(scope, receive, send)
             return
 
         t0 = _perf_counter_ns()
-        ttfb = 0
-        end = 0
-        status = 0
-        nbytes = 0
-        raised = False
-        memory_start = -1
-        self._seen = seen = self._seen + 1
-        if self._tracemalloc or not seen % self._memory_every:
-            try:
-                memory_start = traced_start() if self._tracemalloc else self._rss()
-            except Exception as exc:
-                self.internal_error("memory", exc)
+        ttfb = end = status = nbytes = 0
+        memory_start = self._memory_start() if next(self._memory_turn) else -1
         active = self._active
         rid = id(scope)
         active[rid] = scope
@@ -110,39 +97,92 @@ class PerfMiddleware:
 
         try:
             await self.app(scope, receive, timed_send)
-        except Exception:
-            raised = True
-            raise
-        finally:
-            flags = 0
-            if not end:
-                # Disconnected, cancelled or raised: the request ends now.
-                end = _perf_counter_ns()
-                flags = EXCEPTION if raised else INCOMPLETE
-            elif raised:
-                flags = EXCEPTION
+        except BaseException as exc:
             del active[rid]
-            try:
-                if memory_start < 0:
-                    memory = None
-                elif self._tracemalloc:
-                    memory = traced_growth(memory_start)
-                else:
-                    memory = self._rss() - memory_start
-                if raised and not status:
-                    status = 500  # what the server will answer
-                self._record(
-                    self._key(scope),
+            self._finish(scope, t0, ttfb, end, status, nbytes, memory_start, exc)
+            raise
+        del active[rid]
+        if not end or memory_start >= 0:
+            # No complete response, or a memory sample to close: rare.
+            self._finish(scope, t0, ttfb, end, status, nbytes, memory_start, None)
+            return
+        try:
+            # Recorder.record with the memoised case of _key, inlined: this
+            # is the path of almost every request.
+            route = scope.get("route")
+            hit = (
+                None
+                if route is None or self._route_key is not None or "fastapi" in scope
+                else self._memo.get((id(route), scope["method"], scope.get("root_path", "")))
+            )
+            pending = self._pending
+            pending.append(
+                (
+                    self._key(scope) if hit is None else hit[1],
                     (ttfb or end) - t0,
                     end - t0,
                     status,
                     nbytes,
-                    memory,
-                    flags,
+                    None,
+                    0,
                     end,
                 )
-            except Exception as exc:
-                self.internal_error("record", exc)
+            )
+            if len(pending) >= _BATCH:
+                self._flush()
+        except Exception as exc:
+            self.internal_error("record", exc)
+
+    def _is_perf_path(self, scope: Scope) -> bool:
+        path: str = scope["path"]
+        root_path = scope.get("root_path")
+        if root_path and path.startswith(root_path):
+            # Servers started with --root-path put it in front of the path.
+            path = path[len(root_path) :]
+        n = self._prefix_len
+        return path.startswith(self._prefix) and (len(path) == n or path[n] == "/")
+
+    def _memory_start(self) -> int:
+        try:
+            return traced_start() if self._tracemalloc else self._rss()
+        except Exception as exc:
+            self.internal_error("memory", exc)
+            return -1
+
+    def _finish(
+        self,
+        scope: Scope,
+        t0: int,
+        ttfb: int,
+        end: int,
+        status: int,
+        nbytes: int,
+        memory_start: int,
+        exc: BaseException | None,
+    ) -> None:
+        """Record a request off the fast path: raised, cut short, or memory-sampled."""
+        raised = isinstance(exc, Exception)
+        flags = 0
+        if not end:
+            # Disconnected, cancelled or raised: the request ends now.
+            end = _perf_counter_ns()
+            flags = EXCEPTION if raised else INCOMPLETE
+        elif raised:
+            flags = EXCEPTION
+        try:
+            memory: int | None = None
+            if memory_start >= 0:
+                if self._tracemalloc:
+                    memory = traced_growth(memory_start)
+                else:
+                    memory = self._rss() - memory_start
+            if raised and not status:
+                status = 500  # what the server will answer
+            self.recorder.record(
+                self._key(scope), (ttfb or end) - t0, end - t0, status, nbytes, memory, flags, end
+            )
+        except Exception as exc:
+            self.internal_error("record", exc)
 
     def _key(self, scope: Scope) -> str:
         if self._route_key is not None:

@@ -8,8 +8,11 @@ the live slices, merged exactly when a snapshot is taken.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import Counter, deque
+from collections import deque
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from asgi_perf.routes import OTHER, UNMATCHED
@@ -17,13 +20,16 @@ from asgi_perf.stats.histogram import Histogram
 
 SCHEMA = 1
 SLICES = 6
-# Requests buffered per route before their numbers are folded in, in C
-# (see Histogram.record_many): at most about 12 KB a route.
+# Finished requests buffered before their numbers are folded in, mostly in C
+# (see Histogram.record_many): about 20 KB at most.
 BATCH = 128
 EXCEPTION = 1
 INCOMPLETE = 2
 _MB = float(1 << 20)
 _SPECIAL = frozenset({UNMATCHED, OTHER})
+# (key, ttfb_ns, total_ns, status, bytes, memory, flags, end_ns)
+Row = tuple[str, int, int, int, int, int | None, int, int]
+_by_key = itemgetter(0)
 
 
 class _Slice:
@@ -54,7 +60,6 @@ class RouteStats:
         "exceptions",
         "key",
         "method",
-        "pending",
         "slices",
         "status",
         "template",
@@ -77,24 +82,24 @@ class RouteStats:
         self.base = _Slice(-1)
         self.current = _Slice(-1)
         self.slices: deque[_Slice] = deque()
-        self.pending: list[tuple[int, int, int, int, int | None, int]] = []
 
-    def flush(self) -> None:
-        """Fold buffered requests into the current slice and the counters."""
-        pending = self.pending
-        if not pending:
-            return
-        self.pending = []
-        ttfbs, totals, statuses, sizes, memories, flags = zip(*pending, strict=True)
+    def add(self, rows: list[Row], epoch: int) -> None:
+        """Fold finished requests of one time slice into the histograms and counters."""
+        if epoch > self.current.epoch:
+            self.rotate(epoch)
+        # A row of an older slice (a late finisher) joins the current one.
+        _, ttfbs, totals, statuses, sizes, memories, flags, _ = zip(*rows, strict=True)
         cur = self.current
         cur.ttfb.record_many(ttfbs)
         cur.total.record_many(totals)
         if memories.count(None) != len(memories):
             cur.memory.record_many([m for m in memories if m is not None])
-        self.count += len(pending)
+        self.count += len(rows)
         self.bytes += sum(sizes)
         status = self.status
-        for code, n in Counter(statuses).items():
+        # Few distinct codes per batch: counting each in C beats a Counter.
+        for code in set(statuses):
+            n = statuses.count(code)
             cls = code // 100
             if 0 < cls < 6:
                 status[cls] += n
@@ -108,7 +113,6 @@ class RouteStats:
 
     def rotate(self, epoch: int) -> _Slice:
         """Start the slice for ``epoch``; fold slices that left the window."""
-        self.flush()
         slices = self.slices
         while slices and slices[0].epoch <= epoch - SLICES:
             slices.popleft().merge_into(self.base)
@@ -118,7 +122,6 @@ class RouteStats:
 
     def merged(self, since_epoch: int | None) -> _Slice:
         """Everything recorded (``since_epoch`` None) or only the recent slices."""
-        self.flush()
         out = _Slice(-1)
         if since_epoch is None:
             self.base.merge_into(out)
@@ -145,6 +148,11 @@ class Recorder:
         self._clock_ns = clock_ns
         self._wall = wall
         self.routes: dict[str, RouteStats] = {}
+        # Finished requests not yet folded in; the middleware appends here.
+        self.pending: list[Row] = []
+        # Snapshots may be read from another thread (tests, plugins) while the
+        # event loop folds a batch; the hot path itself never takes this lock.
+        self._lock = threading.RLock()
         self.started_ns = clock_ns()
         self.started_at = wall()
         self.reset_ns = self.started_ns
@@ -162,21 +170,47 @@ class Recorder:
         flags: int,
         now_ns: int,
     ) -> None:
-        """One finished request; ``flags`` holds EXCEPTION and INCOMPLETE bits."""
-        rs = self.routes.get(key)
-        if rs is None:
-            rs = self._route(key)
-        epoch = now_ns // self._slice_ns
-        if rs.current.epoch != epoch:
-            rs.rotate(epoch)
-        pending = rs.pending
-        pending.append((ttfb_ns, total_ns, status, nbytes, memory, flags))
-        if len(pending) >= BATCH:
-            rs.flush()
+        """One finished request; ``flags`` holds EXCEPTION and INCOMPLETE bits.
 
-    def _route(self, key: str) -> RouteStats:
+        The middleware inlines this (append to ``pending``, flush when full).
+        """
+        pending = self.pending
+        pending.append((key, ttfb_ns, total_ns, status, nbytes, memory, flags, now_ns))
+        if len(pending) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold the buffered requests into their routes."""
+        pending = self.pending
+        if not pending:
+            return
+        with self._lock:
+            # Requests finishing meanwhile append behind the copied rows; the
+            # slice delete keeps them (both steps are atomic under the GIL).
+            batch = pending[:]
+            del pending[: len(batch)]
+            self._fold(batch)
+
+    def _fold(self, batch: list[Row]) -> None:
+        # Stable: each route's rows stay in the order they finished.
+        batch.sort(key=_by_key)
+        slice_ns = self._slice_ns
+        routes = self.routes
+        for key, group in groupby(batch, _by_key):
+            rows = list(group)
+            rs = routes.get(key)
+            if rs is None:
+                rs = self._route(key, len(rows))
+            first = rows[0][7] // slice_ns
+            if first == rows[-1][7] // slice_ns:
+                rs.add(rows, first)
+                continue
+            for epoch, part in groupby(rows, lambda row: row[7] // slice_ns):
+                rs.add(list(part), epoch)
+
+    def _route(self, key: str, n: int = 1) -> RouteStats:
         if key not in _SPECIAL and len(self.routes) - self._specials() >= self.max_routes:
-            self.overflowed += 1
+            self.overflowed += n
             key = OTHER
             rs = self.routes.get(key)
             if rs is not None:
@@ -194,10 +228,12 @@ class Recorder:
         return sum(1 for k in _SPECIAL if k in self.routes)
 
     def reset(self) -> None:
-        self.routes = {}
-        self.overflowed = 0
-        self.reset_ns = self._clock_ns()
-        self.reset_at = self._wall()
+        with self._lock:
+            self.pending.clear()
+            self.routes = {}
+            self.overflowed = 0
+            self.reset_ns = self._clock_ns()
+            self.reset_at = self._wall()
 
     def snapshot(
         self,
@@ -206,11 +242,17 @@ class Recorder:
         histograms: bool = False,
     ) -> dict[str, Any]:
         """Plain JSON-ready numbers of every route (see README for the fields)."""
+        with self._lock:
+            self.flush()
+            return self._snapshot(in_flight or {}, memory_method, histograms)
+
+    def _snapshot(
+        self, in_flight: dict[str, int], memory_method: str, histograms: bool
+    ) -> dict[str, Any]:
         now = self._clock_ns()
         recent_since = now // self._slice_ns - SLICES
         # The window is 60 s once running that long; before, what has elapsed.
         span_s = max(min(self.window_s, (now - self.reset_ns) / 1e9), 1e-3)
-        in_flight = in_flight or {}
         routes = [
             self._route_snapshot(
                 rs, recent_since, span_s, in_flight.get(rs.key, 0), memory_method, histograms

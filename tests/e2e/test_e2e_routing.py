@@ -85,11 +85,19 @@ async def test_starlette_mounts_and_static_files_give_template_keys(live_server,
     assert "hello.txt" not in dump
 
 
-async def test_route_keys_stay_templates_when_uvicorn_has_a_root_path(live_server, fastapi_app):
+async def test_route_keys_stay_templates_when_uvicorn_has_a_root_path(
+    live_server, fastapi_app, eventually
+):
     server = live_server(fastapi_app(perf={}), root_path="/svc")
     # uvicorn puts the root path in front of every path; the app routes below it.
     async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as client:
         assert (await client.get("/items/3")).status_code == 200
+
+    # The server records after the client has its answer: wait for it.
+    async def recorded() -> bool:
+        return bool(perf_middleware_of(server.app).snapshot()["requests"])
+
+    await eventually(recorded)
     snap = perf_middleware_of(server.app).snapshot()
     assert counts(snap) == {"GET /items/{item_id}": 1}
 
