@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check asgi_perf tests benchmarks examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict asgi_perf
+	$(BIN)/mypy --strict asgi_perf examples/app.py
 
 pytest: $(STAMP)
 	$(BIN)/pytest

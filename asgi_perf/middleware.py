@@ -30,7 +30,7 @@ class PerfMiddleware:
     ``ASGI_PERF_*`` environment variables override both.
     """
 
-    def __init__(self, app: ASGIApp, config: PerfConfig | None = None, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, /, config: PerfConfig | None = None, **options: Any) -> None:
         self.app = app
         self.config = cfg = PerfConfig.from_options(config, **options)
         self.enabled = cfg.enabled
