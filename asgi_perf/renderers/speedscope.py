@@ -1,0 +1,76 @@
+"""speedscope's file format: https://www.speedscope.app/file-format-schema.json."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from asgi_perf.capture import Capture, FrameId
+
+SCHEMA = "https://www.speedscope.app/file-format-schema.json"
+
+
+class SpeedscopeRenderer:
+    """One ``sampled`` profile: each distinct stack is a sample weighted in seconds.
+
+    Frames keep their full file paths, so speedscope can name the source.
+    The weights add up to ``capture.total_s``.
+    """
+
+    format = "speedscope.json"
+    file_extension = ".speedscope.json"
+    media_type = "application/json"
+
+    def render(self, capture: Capture) -> bytes:
+        from asgi_perf import __version__
+
+        index: dict[FrameId, int] = {}
+        frames: list[dict[str, Any]] = []
+        samples: list[list[int]] = []
+        weights: list[float] = []
+        for stack, seconds in capture.stacks.items():
+            sample = []
+            for frame in stack:
+                i = index.get(frame)
+                if i is None:
+                    i = index[frame] = len(frames)
+                    frames.append(_frame(frame))
+                sample.append(i)
+            samples.append(sample)
+            weights.append(seconds)
+        name = _name(capture)
+        doc = {
+            "$schema": SCHEMA,
+            "shared": {"frames": frames},
+            "profiles": [
+                {
+                    "type": "sampled",
+                    "name": name,
+                    "unit": "seconds",
+                    "startValue": 0,
+                    "endValue": sum(weights),
+                    "samples": samples,
+                    "weights": weights,
+                }
+            ],
+            "name": name,
+            "activeProfileIndex": 0,
+            "exporter": f"asgi_perf {__version__}",
+        }
+        # Not ASCII-only: names stay readable, and UTF-8 is what JSON is.
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+
+
+def _frame(frame: FrameId) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": frame.function or "?"}
+    if frame.file:
+        out["file"] = frame.file
+    if frame.line > 0:
+        out["line"] = frame.line
+    return out
+
+
+def _name(capture: Capture) -> str:
+    meta = capture.meta
+    what = meta.get("route") or meta.get("kind") or "profile"
+    return f"{what} ({capture.engine})"
