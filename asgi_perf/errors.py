@@ -9,3 +9,7 @@ class ConfigError(ValueError):
     The message always names the option (or file and key) at fault, so a
     misconfigured app fails at start-up with something a person can act on.
     """
+
+
+class EngineUnavailable(RuntimeError):
+    """A profiling engine's package is missing; the message names the pip command."""

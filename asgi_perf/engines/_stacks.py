@@ -1,0 +1,28 @@
+"""Helpers shared by engines: trimming stacks to the part that is the app's."""
+
+from __future__ import annotations
+
+from asgi_perf.capture import FrameId, Stack
+
+# Frames of asgi_perf's own request wrapper: everything above them (the
+# server, the event loop) is the same for every request and is cut off.
+_OWN_FILE_SUFFIXES = ("asgi_perf/middleware.py", "asgi_perf/profiling.py")
+
+
+def trim_to_app(stack: Stack) -> Stack:
+    """The part of ``stack`` below asgi_perf's outermost frames (all if none).
+
+    Only the first run of own frames is cut: the app calling back into
+    asgi_perf (its ``send`` wrapper) stays visible where it happens.
+    """
+    start = next((i for i, f in enumerate(stack) if is_own_frame(f)), -1)
+    if start < 0:
+        return stack
+    end = start
+    while end < len(stack) and is_own_frame(stack[end]):
+        end += 1
+    return stack[end:]
+
+
+def is_own_frame(frame: FrameId) -> bool:
+    return frame.file.endswith(_OWN_FILE_SUFFIXES)
