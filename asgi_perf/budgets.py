@@ -180,6 +180,15 @@ class BudgetSet:
         applied = self._applied_to(route)
         return [self._verdict(route, budget, metric, entry) for metric, budget in applied.items()]
 
+    def latency_limit_ms(self, route: str) -> float | None:
+        """The limit one request of ``route`` breaks: ``max_ms``, else ``p99_ms``."""
+        applied = self._applied_to(route)
+        for metric in ("max_ms", "p99_ms"):
+            budget = applied.get(metric)
+            if budget is not None:
+                return float(budget.limits[metric])
+        return None
+
     def _applied_to(self, route: str) -> dict[str, Budget]:
         applied = self._applied.get(route)
         if applied is None:

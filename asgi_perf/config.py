@@ -41,6 +41,19 @@ class PerfConfig:
     tracemalloc: bool = False
     recent_window_s: int = 60
     memory_sample_every: int = 16
+    # Profiling (spec section 3).
+    engine: str = "pyinstrument"
+    sample_rate: float = 0.0
+    profile_interval_ms: float = 1.0
+    yappi_clock: str = "wall"
+    max_concurrent_profiles: int = 4
+    profile_dir: str | os.PathLike[str] | None = None
+    max_profiles: int = 200
+    max_profile_bytes: int = 64 * 1024 * 1024
+    keep_slowest: int = 5
+    keep_last: int = 5
+    max_window_seconds: int = 300
+    lifespan_profile: bool = False
 
     def __post_init__(self) -> None:
         _check_bool("enabled", self.enabled)
@@ -60,6 +73,41 @@ class PerfConfig:
         _check_int("min_samples", self.min_samples, 0, 10**9)
         _check_int("recent_window_s", self.recent_window_s, 10, 3600)
         _check_int("memory_sample_every", self.memory_sample_every, 1, 1_000_000)
+        from asgi_perf.engines import check_engine_name
+
+        check_engine_name(self.engine)
+        _check_bool("lifespan_profile", self.lifespan_profile)
+        if (
+            isinstance(self.sample_rate, bool)
+            or not isinstance(self.sample_rate, (int, float))
+            or not 0.0 <= self.sample_rate <= 1.0
+        ):
+            raise ConfigError(
+                f"sample_rate: must be a number from 0 to 1, got {self.sample_rate!r}"
+            )
+        if (
+            isinstance(self.profile_interval_ms, bool)
+            or not isinstance(self.profile_interval_ms, (int, float))
+            or not 0.05 <= self.profile_interval_ms <= 1000
+        ):
+            raise ConfigError(
+                "profile_interval_ms: must be a number from 0.05 to 1000, "
+                f"got {self.profile_interval_ms!r}"
+            )
+        if self.yappi_clock not in ("wall", "cpu"):
+            raise ConfigError(f"yappi_clock: must be 'wall' or 'cpu', got {self.yappi_clock!r}")
+        _check_int("max_concurrent_profiles", self.max_concurrent_profiles, 1, 1000)
+        _check_int("max_profiles", self.max_profiles, 1, 1_000_000)
+        _check_int("max_profile_bytes", self.max_profile_bytes, 1024, 1 << 40)
+        _check_int("keep_slowest", self.keep_slowest, 0, 10_000)
+        _check_int("keep_last", self.keep_last, 0, 10_000)
+        _check_int("max_window_seconds", self.max_window_seconds, 1, 86_400)
+        if self.profile_dir is not None and (
+            not isinstance(self.profile_dir, (str, os.PathLike)) or not str(self.profile_dir)
+        ):
+            raise ConfigError("profile_dir: must be a directory path or None")
+        if self.lifespan_profile and self.profile_dir is None:
+            raise ConfigError("lifespan_profile: needs profile_dir, where the profile is written")
         if self.budgets is not None and not isinstance(self.budgets, (Mapping, str, os.PathLike)):
             raise ConfigError("budgets: must be a dict, a path to a TOML file, or None")
 
@@ -116,6 +164,13 @@ def _parse_int(raw: str) -> int:
         raise ValueError("expected a whole number") from None
 
 
+def _parse_float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
 def _parse_optional_str(raw: str) -> str | None:
     return raw or None
 
@@ -128,6 +183,11 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "min_samples": _parse_int,
     "max_routes": _parse_int,
     "tracemalloc": _parse_bool,
+    "engine": str,
+    "sample_rate": _parse_float,
+    "profile_dir": _parse_optional_str,
+    "max_window_seconds": _parse_int,
+    "lifespan_profile": _parse_bool,
 }
 
 

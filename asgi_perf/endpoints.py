@@ -193,8 +193,7 @@ def query_bool(request: Request, name: str) -> bool:
 def make_perf_app(mw: PerfMiddleware) -> PerfAPI:
     """The ``/_perf`` app of one middleware instance."""
     cfg = mw.config
-    gate = Gate(cfg.token, cfg.authorize, mw.internal_error)
-    api = PerfAPI(cfg.prefix, gate, mw.internal_error)
+    api = PerfAPI(cfg.prefix, mw.gate, mw.internal_error)
 
     async def index(request: Request) -> Response:
         p = cfg.prefix
@@ -202,6 +201,13 @@ def make_perf_app(mw: PerfMiddleware) -> PerfAPI:
             "stats": f"GET {p}/stats",
             "budgets": f"GET {p}/budgets",
             "reset": f"POST {p}/reset",
+            "profile": f"GET {p}/profile?seconds=30&engine=pyinstrument&format=prof",
+            "windows": f"POST {p}/windows?seconds=300 ; POST {p}/windows/{{id}}/stop",
+            "profiles": f"GET {p}/profiles?route=&kind=&tag=&limit=",
+            "profile_file": f"GET {p}/profiles/{{id|latest|slowest}}.{{prof,svg,html,"
+            "speedscope.json,collapsed}",
+            "merged": f"GET {p}/profiles/merged.prof?route=GET /path or ?ids=a,b",
+            "snakeviz": f"GET {p}/profiles/{{id}}/snakeviz",
         }
         if "text/html" in request.headers.get("accept", ""):
             rows = "".join(f"<li><code>{v}</code></li>" for v in endpoints.values())
@@ -224,4 +230,7 @@ def make_perf_app(mw: PerfMiddleware) -> PerfAPI:
     api.add(r"/stats", {"GET": stats}, ("histograms",))
     api.add(r"/budgets", {"GET": budgets})
     api.add(r"/reset", {"POST": reset})
+    from asgi_perf.profile_api import add_profile_routes
+
+    add_profile_routes(api, mw)
     return api

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import random
 import time
 import tracemalloc
 from collections.abc import Awaitable
@@ -13,14 +14,20 @@ from typing import Any
 from asgi_perf._types import ASGIApp, Message, Receive, Scope, Send
 from asgi_perf.budgets import BudgetSet, load_budgets
 from asgi_perf.config import PerfConfig
+from asgi_perf.endpoints import Gate
+from asgi_perf.engines import Engine, check_engine_name
 from asgi_perf.memory import process_memory, read_rss, traced_growth, traced_start
+from asgi_perf.profiling import PROFILE_HEADER, SCOPE_KEY, RequestProfiler, engine_for
 from asgi_perf.routes import FASTAPI_CONTEXT_KEY, UNMATCHED, RouteKeys
 from asgi_perf.stats.store import BATCH, EXCEPTION, INCOMPLETE, Recorder
+from asgi_perf.storage import ProfileStore
+from asgi_perf.window import Windows
 
 logger = logging.getLogger("asgi_perf")
 _perf_counter_ns = time.perf_counter_ns
 _FASTAPI_CONTEXT_KEY = FASTAPI_CONTEXT_KEY
 _BATCH = BATCH
+_random = random.random
 
 
 class PerfMiddleware:
@@ -57,17 +64,53 @@ class PerfMiddleware:
         if cfg.enabled and cfg.tracemalloc and not tracemalloc.is_tracing():
             tracemalloc.start()
             self._started_tracemalloc = True
+        self.store = ProfileStore(
+            max_profiles=cfg.max_profiles,
+            max_bytes=cfg.max_profile_bytes,
+            profile_dir=cfg.profile_dir if cfg.enabled else None,
+            keep_slowest=cfg.keep_slowest,
+            keep_last=cfg.keep_last,
+            on_error=self.internal_error,
+        )
+        self._engines: dict[str, Engine] = {}
+        self.requests = RequestProfiler(self, self.store) if cfg.enabled else None
+        self.windows = Windows(self, self.engine)
+        if self.requests is not None:
+            self._engines[cfg.engine] = self.requests.engine
+            self.requests.paused = self.windows.running
+        self._sample_rate = cfg.sample_rate
+        self.gate = Gate(cfg.token, cfg.authorize, self.internal_error)
         from asgi_perf.endpoints import make_perf_app
 
         self._perf_app = make_perf_app(self)
 
+    def engine(self, name: str) -> Engine:
+        """The engine called ``name``, one instance per middleware (single-flight)."""
+        engine = self._engines.get(name)
+        if engine is None:
+            cfg = self.config
+            engine = self._engines[name] = engine_for(
+                check_engine_name(name), cfg.profile_interval_ms, cfg.yappi_clock
+            )
+        return engine
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.enabled:
+            if scope["type"] == "lifespan" and self.config.lifespan_profile and self.enabled:
+                await self._lifespan(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         # A substring test first: one C call decides for almost every request.
         if self._prefix in scope["path"] and self._is_perf_path(scope):
             await self._perf_app(scope, receive, send)
+            return
+        # Header membership is one C-level scan of the header list.
+        if (
+            PROFILE_HEADER in scope["headers"]
+            or (self._sample_rate and _random() < self._sample_rate)
+        ) and SCOPE_KEY not in scope:
+            await self.requests.handle(scope, receive, send)  # type: ignore[union-attr]
             return
 
         t0 = _perf_counter_ns()
@@ -132,6 +175,31 @@ class PerfMiddleware:
                 self._flush()
         except Exception as exc:
             self.internal_error("record", exc)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Profile from start-up to shutdown; the file lands in ``profile_dir``."""
+        window_id = ""
+        try:
+            window_id = self.windows.start(self.config.engine, None, kind="lifespan").id
+        except Exception as exc:
+            self.internal_error("lifespan_profile", exc)
+
+        async def watched_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown" and window_id:
+                try:
+                    meta = self.windows.stop(window_id)
+                    if meta is not None:
+                        logger.info("asgi_perf: lifespan profile %s", meta.get("path"))
+                except Exception as exc:
+                    self.internal_error("lifespan_profile", exc)
+            return message
+
+        await self.app(scope, watched_receive, send)
+
+    def over_budget(self, route: str, duration_ms: float) -> bool:
+        limit = self.budgets.latency_limit_ms(route) if self.budgets else None
+        return limit is not None and duration_ms > limit
 
     def _is_perf_path(self, scope: Scope) -> bool:
         path: str = scope["path"]
@@ -230,6 +298,11 @@ class PerfMiddleware:
         snap = self.recorder.snapshot(self.in_flight(), self.memory_method, histograms)
         snap["pid"] = os.getpid()
         snap["internal_errors"] = self.internal_errors
+        snap["profiling"] = {
+            "requests": None if self.requests is None else self.requests.stats(),
+            "windows": self.windows.stats(),
+            "store": self.store.stats(),
+        }
         snap["process"] = process_memory()
         snap["memory_note"] = (
             "per-request memory is the growth of process RSS (sampled requests) "

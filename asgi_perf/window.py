@@ -1,0 +1,198 @@
+"""Time windows: profile the whole process for a while, one window at a time.
+
+A window is started by ``GET {prefix}/profile?seconds=N`` (which waits and
+answers with the file, like Go's pprof), by ``POST {prefix}/windows`` (which
+returns at once; ``/windows/{id}/stop`` or the time limit ends it), or by
+``lifespan_profile`` (start-up to shutdown). While a window runs, requests
+are not profiled one by one: profilers never nest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from asgi_perf.capture import Capture
+from asgi_perf.engines import Engine, Recording
+
+if TYPE_CHECKING:
+    from asgi_perf.middleware import PerfMiddleware
+
+
+_IDLE_WAIT_S = 5.0
+
+
+class WindowBusy(Exception):
+    """Another window is running; says which and when it ends."""
+
+    def __init__(self, window: Window) -> None:
+        super().__init__(f"window {window.id} is running")
+        self.window = window
+
+
+class EngineBusy(Exception):
+    """The engine cannot start now (single-flight, or busy with requests)."""
+
+
+@dataclass
+class Window:
+    id: str
+    kind: str
+    engine: str
+    started: float
+    ends_at: float | None
+    recording: Recording
+    tag: str | None = None
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "engine": self.engine,
+            "started": self.started,
+            "ends_at": self.ends_at,
+            "running": True,
+            "tag": self.tag,
+        }
+
+
+class Windows:
+    """The one running window of a middleware, and how it ends."""
+
+    def __init__(self, mw: PerfMiddleware, engine: Callable[[str], Engine]) -> None:
+        self._mw = mw
+        self._engine = engine
+        self.current: Window | None = None
+        self.max_seconds = mw.config.max_window_seconds
+        self.completed = 0
+        self.aborted = 0
+        self._starting = 0
+        # The last window's capture, for when the store could not keep it.
+        self.last_capture: Capture | None = None
+
+    def running(self) -> bool:
+        """True while a window runs or waits to start: no request profiles then."""
+        return self.current is not None or self._starting > 0
+
+    async def start_when_idle(
+        self, engine: str, seconds: float | None, *, tag: str | None = None
+    ) -> Window:
+        """``start`` once no request is being profiled (profilers never nest).
+
+        New request profiles are held off at once; the ones in flight get
+        ``_IDLE_WAIT_S`` to finish, else ``EngineBusy``.
+        """
+        if self.current is not None:
+            raise WindowBusy(self.current)
+        requests = self._mw.requests
+        self._starting += 1
+        try:
+            deadline = time.monotonic() + _IDLE_WAIT_S
+            while requests is not None and requests.active:
+                if time.monotonic() > deadline:
+                    raise EngineBusy(
+                        f"{requests.active} request profile(s) still running; try again"
+                    )
+                await asyncio.sleep(0.01)
+            return self.start(engine, seconds, tag=tag)
+        finally:
+            self._starting -= 1
+
+    def start(
+        self,
+        engine: str,
+        seconds: float | None,
+        *,
+        kind: str = "window",
+        interval_ms: float | None = None,
+        tag: str | None = None,
+    ) -> Window:
+        """Start a window; ``seconds`` None means until stopped (lifespan)."""
+        if self.current is not None:
+            raise WindowBusy(self.current)
+        interval_s = (interval_ms or self._mw.config.profile_interval_ms) / 1000
+        recording = self._engine(engine).start_window(interval_s)
+        if recording is None:
+            raise EngineBusy(f"engine {engine!r} is busy profiling requests; try again")
+        now = time.time()
+        window = Window(
+            id=secrets.token_hex(8),
+            kind=kind,
+            engine=engine,
+            started=now,
+            ends_at=None if seconds is None else now + seconds,
+            recording=recording,
+            tag=tag,
+        )
+        self.current = window
+        if seconds is not None:
+            # The time limit holds even if nobody comes back to stop it.
+            window.timer = asyncio.get_running_loop().call_later(seconds, self._expire, window.id)
+        return window
+
+    def _expire(self, window_id: str) -> None:
+        if self.current is not None and self.current.id == window_id:
+            self.stop(window_id)
+
+    def stop(self, window_id: str) -> dict[str, Any] | None:
+        """End the window and store its profile; returns its metadata."""
+        window = self.current
+        if window is None or window.id != window_id:
+            return None
+        self.current = None
+        if window.timer is not None:
+            window.timer.cancel()
+        try:
+            capture = window.recording.stop()
+        except Exception as exc:
+            self._mw.internal_error("window_stop", exc)
+            return None
+        ended = time.time()
+        capture.meta.update(
+            {
+                "id": window.id,
+                "kind": window.kind,
+                "engine": window.engine,
+                "route": "<process>",
+                "method": window.kind.upper(),
+                "status": None,
+                "duration_ms": round((ended - window.started) * 1000, 3),
+                "start": window.started,
+                "pid": os.getpid(),
+                "tag": window.tag,
+            }
+        )
+        self.completed += 1
+        self.last_capture = capture
+        stored = self._mw.store.add(capture, keep=True)
+        if stored is None:
+            # Too big for max_profile_bytes: still answered, not kept.
+            return {**capture.meta, "stored": False}
+        return {**self._mw.store.meta(stored), "stored": True}
+
+    def abort(self, window_id: str) -> None:
+        """End the window and keep nothing (its client went away)."""
+        window = self.current
+        if window is None or window.id != window_id:
+            return
+        self.current = None
+        if window.timer is not None:
+            window.timer.cancel()
+        self.aborted += 1
+        with contextlib.suppress(Exception):
+            window.recording.abort()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "running": None if self.current is None else self.current.info(),
+            "completed": self.completed,
+            "aborted": self.aborted,
+            "max_window_seconds": self.max_seconds,
+        }
