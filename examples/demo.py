@@ -3,7 +3,10 @@
 Starts ``uvicorn examples.app:app`` on a free 127.0.0.1 port, drives
 concurrent load at every route for ``DEMO_SECONDS`` (default 15), then reads
 ``/_perf/stats`` and ``/_perf/budgets`` and prints the route table and the
-budget verdicts. The server is always stopped before the script ends.
+budget verdicts. While the load runs it takes a profile window of the whole
+process (``/_perf/profile?seconds=N``) and one on-demand request profile
+(``X-Perf-Profile: 1``), and saves them under ``perf-results/``. The server
+is always stopped before the script ends.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ WORKERS = 16
 STARTUP_TIMEOUT_S = 20.0
 REQUEST_TIMEOUT_S = 5.0
 SHUTDOWN_TIMEOUT_S = 5.0
+RESULTS = ROOT / "perf-results"
+WINDOW_SECONDS = 5
 # Budgets that examples/perf-budgets.toml breaks to show a failing verdict.
 EXPECTED_FAILURES = frozenset({"GET /slow", "GET /flaky"})
 _WORDS = ("red", "blue", "oak", "pro", "mini", "widget", "steel", "eco", "zzz")
@@ -178,6 +183,41 @@ async def drive_load(base_url: str, seconds: float) -> Counter[str]:
     return outcomes
 
 
+async def load_and_profile(
+    base_url: str, perf: str, seconds: float
+) -> tuple[Counter[str], list[str]]:
+    """The load, with a profile window and one request profile taken during it."""
+    load = asyncio.ensure_future(drive_load(base_url, seconds))
+    saved: list[str] = []
+    window_s = min(WINDOW_SECONDS, int(seconds))
+    try:
+        async with httpx.AsyncClient(
+            base_url=base_url, trust_env=False, timeout=window_s + 30.0, headers=perf_headers()
+        ) as client:
+            # One slow request, profiled on demand: its id comes back in a header.
+            slow = await client.get("/slow", headers={"X-Perf-Profile": "1"})
+            profile_id = slow.headers.get("x-perf-profile-id")
+            if profile_id:
+                svg = await client.get(f"{perf}/profiles/{profile_id}.svg")
+                saved.append(_save(f"slow-request-{profile_id}.svg", svg))
+            if window_s >= 1:
+                window = await client.get(f"{perf}/profile", params={"seconds": window_s})
+                saved.append(_save(f"window-{window_s}s.prof", window))
+    finally:
+        outcomes = await load
+    return outcomes, [s for s in saved if s]
+
+
+def _save(name: str, response: httpx.Response) -> str:
+    if response.status_code != 200:
+        print(f"demo: could not fetch {name}: {response.status_code} {response.text[:200]}")
+        return ""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    path.write_bytes(response.content)
+    return str(path.relative_to(ROOT))
+
+
 def fetch_json(base_url: str, path: str) -> dict[str, Any]:
     with httpx.Client(base_url=base_url, trust_env=False, timeout=10.0) as client:
         response = client.get(path, headers=perf_headers())
@@ -262,7 +302,7 @@ def main() -> int:
         wait_until_up(server, base_url, perf)
         print(f"driving {seconds:g} s of load with {WORKERS} concurrent workers ...", flush=True)
         started = time.monotonic()
-        outcomes = asyncio.run(drive_load(base_url, seconds))
+        outcomes, saved = asyncio.run(load_and_profile(base_url, perf, seconds))
         elapsed = time.monotonic() - started
         sent = sum(outcomes.values())
         failed = ", ".join(f"{n} {name}" for name, n in outcomes.items() if name != "ok")
@@ -282,6 +322,11 @@ def main() -> int:
     print_verdicts(budgets)
     process = stats["process"]
     print(f"\nserver process: pid {stats['pid']}, RSS {process['rss_mb']:.1f} MB")
+    if saved:
+        print("\nprofiles saved (taken while the load ran):")
+        for path in saved:
+            opener = "snakeviz" if path.endswith(".prof") else "open in a browser:"
+            print(f"  {path}    ({opener} {path})")
     return 0
 
 
