@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from asgi_perf.capture import FrameId, Stack
 
 # Frames of asgi_perf's own request wrapper: everything above them (the
@@ -26,3 +28,13 @@ def trim_to_app(stack: Stack) -> Stack:
 
 def is_own_frame(frame: FrameId) -> bool:
     return frame.file.endswith(_OWN_FILE_SUFFIXES)
+
+
+def trim_all(stacks: Mapping[Stack, float]) -> dict[Stack, float]:
+    """``trim_to_app`` on every stack, adding up the ones that become equal."""
+    out: dict[Stack, float] = {}
+    for stack, seconds in stacks.items():
+        cut = trim_to_app(stack)
+        if cut:
+            out[cut] = out.get(cut, 0.0) + seconds
+    return out

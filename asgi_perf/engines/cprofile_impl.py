@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from asgi_perf.capture import Capture, PstatsDict, pstats_to_stacks
-from asgi_perf.engines._stacks import trim_to_app
+from asgi_perf.engines._stacks import trim_all
 from asgi_perf.engines.base import Capabilities
 
 
@@ -59,12 +59,7 @@ class _CProfileRecording:
             self._release()
         stacks = pstats_to_stacks(stats)
         if self._trim:
-            trimmed: dict[tuple[object, ...], float] = {}
-            for stack, seconds in stacks.items():
-                cut = trim_to_app(stack)
-                if cut:
-                    trimmed[cut] = trimmed.get(cut, 0.0) + seconds
-            stacks = trimmed  # type: ignore[assignment]
+            stacks = trim_all(stacks)
         return Capture(
             engine="cprofile",
             stacks=stacks,

@@ -18,7 +18,7 @@ from typing import Any
 import yappi  # type: ignore[import-untyped]
 
 from asgi_perf.capture import Capture, PstatsDict, pstats_to_stacks
-from asgi_perf.engines._stacks import trim_to_app
+from asgi_perf.engines._stacks import trim_all
 from asgi_perf.engines.base import Capabilities
 
 _tag: contextvars.ContextVar[int] = contextvars.ContextVar("asgi_perf_yappi_tag", default=0)
@@ -94,14 +94,9 @@ class _YappiRequest:
             stats = _pstats(yappi.get_func_stats(filter={"tag": self._tag}))
         finally:
             self._finish()
-        stacks: dict[Any, float] = {}
-        for stack, seconds in pstats_to_stacks(stats).items():
-            trimmed = trim_to_app(stack)
-            if trimmed:
-                stacks[trimmed] = stacks.get(trimmed, 0.0) + seconds
         return Capture(
             engine="yappi",
-            stacks=stacks,
+            stacks=trim_all(pstats_to_stacks(stats)),
             duration_s=time.perf_counter() - self._started,
             pstats=stats,
             exact_stacks=False,
