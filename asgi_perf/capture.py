@@ -58,23 +58,37 @@ class Capture:
         return self.pstats if self.pstats is not None else stacks_to_pstats(self.stacks)
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON (what the store writes beside the ``.prof``)."""
+        """Plain JSON (what the store writes beside the ``.prof``).
+
+        Frames are listed once and stacks refer to them by index: a stack
+        repeats most of its neighbour's frames, so this is several times
+        smaller and faster than spelling every frame out.
+        """
+        index: dict[FrameId, int] = {}
+        stacks = []
+        for stack, t in self.stacks.items():
+            stacks.append([[index.setdefault(f, len(index)) for f in stack], t])
         return {
-            "schema": 1,
+            "schema": 2,
             "engine": self.engine,
             "duration_s": self.duration_s,
             "exact_stacks": self.exact_stacks,
             "meta": self.meta,
-            "stacks": [[[list(f) for f in stack], t] for stack, t in self.stacks.items()],
+            "frames": [list(f) for f in index],
+            "stacks": stacks,
             "pstats": None if self.pstats is None else _pstats_to_json(self.pstats),
             "session": self.session,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Capture:
+        frames = [FrameId(str(f[0]), str(f[1]), int(f[2])) for f in data.get("frames", ())]
         stacks: dict[Stack, float] = {}
-        for frames, t in data["stacks"]:
-            stack = tuple(FrameId(str(f[0]), str(f[1]), int(f[2])) for f in frames)
+        for refs, t in data["stacks"]:
+            stack = tuple(
+                frames[r] if isinstance(r, int) else FrameId(str(r[0]), str(r[1]), int(r[2]))
+                for r in refs
+            )
             stacks[stack] = stacks.get(stack, 0.0) + float(t)
         raw = data.get("pstats")
         return cls(
