@@ -43,7 +43,7 @@ def add_profile_routes(api: PerfAPI, mw: PerfMiddleware) -> None:
         return out
 
     def described(meta: dict[str, Any]) -> dict[str, Any]:
-        return {**meta, "links": links(meta["id"])}
+        return {"schema": 1, **meta, "links": links(meta["id"])}
 
     def resolve(request: Request, ref: str) -> str:
         """A profile id from an id, ``latest`` or ``slowest`` (``?route=``)."""
@@ -177,12 +177,13 @@ def add_profile_routes(api: PerfAPI, mw: PerfMiddleware) -> None:
         raise BadRequest(409, "the window ended without a profile (see the server log)")
 
     async def windows_list(request: Request) -> Response:
-        return json_response(mw.windows.stats())
+        return json_response({"schema": 1, **mw.windows.stats()})
 
     async def windows_start(request: Request) -> Response:
         seconds = seconds_arg(request, float(cfg.max_window_seconds))
         window = await start_window(request, seconds)
         body = {
+            "schema": 1,
             **window.info(),
             "stop": f"POST {prefix}/windows/{window.id}/stop",
             "profile": f"{prefix}/profiles/{window.id}",

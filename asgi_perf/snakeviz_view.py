@@ -62,11 +62,18 @@ def snakeviz_page(capture: Capture, profile_id: str, static_url: str) -> Respons
     return HTMLResponse(text, headers=_SECURITY_HEADERS)
 
 
+@lru_cache(maxsize=1)
+def _static_files() -> dict[str, Path]:
+    """Every file snakeviz ships, by relative path: requests pick from this
+    table, so nothing a client sends is ever turned into a filesystem path."""
+    root = _package_dir() / "static"
+    return {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()}
+
+
 def snakeviz_static(relative: str) -> Response:
-    """One of snakeviz's static files; nothing outside its static folder."""
-    root = (_package_dir() / "static").resolve()
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root) or not target.is_file():
+    """One of snakeviz's static files."""
+    target = _static_files().get(relative)
+    if target is None:
         raise BadRequest(404, f"no snakeviz asset {relative!r}")
     media_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
     return Response(
