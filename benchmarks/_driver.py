@@ -7,6 +7,7 @@ readable too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from asgi_perf._types import ASGIApp, Message
@@ -14,8 +15,11 @@ from asgi_perf._types import ASGIApp, Message
 _REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
 
 
-def http_scope(path: str) -> dict[str, Any]:
-    """The scope uvicorn would build for ``GET path`` from a loopback client."""
+def http_scope(path: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> dict[str, Any]:
+    """The scope uvicorn would build for ``GET path`` from a loopback client.
+
+    ``headers`` are added to the default ones (lower-case names, as ASGI has them).
+    """
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -26,7 +30,7 @@ def http_scope(path: str) -> dict[str, Any]:
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"host", b"bench"), (b"user-agent", b"asgi-perf-bench")],
+        "headers": [(b"host", b"bench"), (b"user-agent", b"asgi-perf-bench"), *headers],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
         "state": {},
@@ -38,9 +42,12 @@ async def _receive() -> Message:
     return _REQUEST
 
 
-async def drive(app: ASGIApp, path: str, n: int) -> int:
+async def drive(
+    app: ASGIApp, path: str, n: int, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> int:
     """Send ``n`` sequential ``GET path`` requests to ``app``; return how many got a 200."""
-    template = http_scope(path)
+    # Built once, outside the loop: extra headers cost the loop nothing.
+    template = http_scope(path, headers)
     status = 0
 
     async def send(message: Message) -> None:

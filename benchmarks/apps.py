@@ -2,7 +2,8 @@
 
 All variants are the same trivial FastAPI app; only the middleware differs,
 and every middleware is installed the same way (``add_middleware``) so each
-sits at the same place in Starlette's stack.
+sits at the same place in Starlette's stack. The profiling benchmarks can
+wrap the ``shop`` app (``shop.py``) instead, whose profiles have real stacks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from asgi_perf._types import ASGIApp, Receive, Scope, Send
 
 VARIANTS = ("bare", "asgi_perf", "clock", "prometheus")
 PATHS = ("/", "/items/42")
+APPS = ("trivial", "shop")
 # Bound once, as asgi_perf does, so the floor is not raised by an attribute lookup.
 _perf_counter_ns = time.perf_counter_ns
 
@@ -90,13 +92,27 @@ _WRAPPERS: dict[str, Callable[[FastAPI, Mapping[str, Any]], FastAPI]] = {
 }
 
 
-def make_app(variant: str, options: Mapping[str, Any] | None = None) -> FastAPI:
-    """Build variant ``variant``; ``options`` go to ``PerfMiddleware`` (asgi_perf only)."""
+def _inner_app(name: str) -> FastAPI:
+    if name == "trivial":
+        return bare_app()
+    if name == "shop":
+        # Imported only when asked for: the trivial variants' process (and
+        # with it the callgrind figures, which move with the heap) stays as it was.
+        from benchmarks.shop import shop_app
+
+        return shop_app()
+    raise ValueError(f"unknown app {name!r} (known: {', '.join(APPS)})")
+
+
+def make_app(
+    variant: str, options: Mapping[str, Any] | None = None, app: str = "trivial"
+) -> FastAPI:
+    """Variant ``variant`` of ``app``; ``options`` go to ``PerfMiddleware`` (asgi_perf only)."""
     try:
         wrap = _WRAPPERS[variant]
     except KeyError:
         raise ValueError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})") from None
-    return wrap(bare_app(), options or {})
+    return wrap(_inner_app(app), options or {})
 
 
 def options_from_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
