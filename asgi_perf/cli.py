@@ -1,0 +1,203 @@
+"""``asgi-perf``: the command line for an app wrapped by asgi_perf, and for its files.
+
+Talks to a running app (``stats``, ``profile``, ``fetch``, ``view``, ``check``)
+and works on saved files (``check``, ``diff``, ``flamegraph``, ``merge``).
+Every error is one line on stderr (``asgi-perf: error: ...``) and a non-zero
+exit: 1 a budget failed or a regression passed its threshold, 2 bad usage
+or an unusable file, 3 the app could not be reached or answered an error,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from asgi_perf.client import DEFAULT_PREFIX, TOKEN_ENV
+
+__all__ = ["build_parser", "main"]
+
+FORMATS = ("prof", "svg", "html", "speedscope.json", "collapsed")
+ENGINES = ("pyinstrument", "yappi", "cprofile")
+_EXIT_USAGE = 2
+
+
+class _UsageError(Exception):
+    """Raised by the parser instead of printing usage and exiting."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the whole usage first: that is not one line.
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("asgi-perf")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="asgi-perf",
+        description="Stats, budgets and profiles of an ASGI app wrapped by asgi_perf.",
+        epilog="Exit codes: 0 ok, 1 budget failed or regression, 2 bad usage or file, "
+        "3 app unreachable or HTTP error, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"asgi-perf {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    remote = _Parser(add_help=False)
+    remote.add_argument(
+        "--token",
+        help=f"bearer token for {DEFAULT_PREFIX} (default: ${TOKEN_ENV})",
+    )
+    remote.add_argument(
+        "--prefix",
+        default=os.environ.get("ASGI_PERF_PREFIX", DEFAULT_PREFIX),
+        help="where the app serves asgi_perf (default: $ASGI_PERF_PREFIX or %(default)s)",
+    )
+    remote.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for an answer (%(default)s)"
+    )
+
+    def command(name: str, handler: str, help: str, remote_options: bool = True) -> Any:
+        p = sub.add_parser(
+            name, help=help, description=help, parents=[remote] if remote_options else []
+        )
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("stats", "cli_remote:cmd_stats", "per-route table, sorted by p99")
+    p.add_argument("url", metavar="URL", help="the app, e.g. http://127.0.0.1:8000")
+    p.add_argument("--json", action="store_true", help="print the raw snapshot (for diff)")
+
+    p = command("profile", "cli_remote:cmd_profile", "profile the whole app for N seconds")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("--seconds", type=float, required=True, metavar="N")
+    p.add_argument("--engine", choices=ENGINES, help="default: the app's engine option")
+    p.add_argument("--format", choices=FORMATS, help="default: from -o's extension, else prof")
+    p.add_argument("-o", "--output", metavar="FILE", help="file, directory or - (stdout)")
+    p.add_argument("--open", action="store_true", help=".prof in snakeviz, others in a browser")
+
+    p = command("fetch", "cli_remote:cmd_fetch", "download a stored profile")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("ref", metavar="ID|latest|slowest")
+    p.add_argument("--route", help='with latest/slowest, e.g. "GET /items/{item_id}"')
+    p.add_argument("--format", choices=FORMATS, help="default: from -o's extension, else prof")
+    p.add_argument("-o", "--output", metavar="FILE", help="file, directory or - (stdout)")
+    p.add_argument("--open", action="store_true", help=".prof in snakeviz, others in a browser")
+
+    p = command("view", "cli_remote:cmd_view", "open a .prof (file or URL) in snakeviz")
+    p.add_argument("target", metavar="FILE|URL", help="a .prof, a .prof URL, or the app's URL")
+    p.add_argument("--ref", default="latest", help="with the app's URL: ID|latest|slowest")
+    p.add_argument("--route", help="with the app's URL and latest/slowest")
+    p.add_argument("--server", action="store_true", help="serve only, open no browser")
+
+    p = command("check", "cli_check:cmd_check", "budget verdicts; exit 1 when one fails")
+    p.add_argument("target", metavar="URL|STATS.json")
+    p.add_argument("--budgets", metavar="FILE", help="budgets TOML (required for a STATS.json)")
+    p.add_argument("--junit", metavar="FILE", help="also write the verdicts as JUnit XML")
+    p.add_argument("--min-samples", type=_non_negative_int, metavar="N")
+
+    from asgi_perf.cli_files import THRESHOLD_METRICS, parse_threshold
+
+    p = command("diff", "cli_files:cmd_diff", "compare two saved snapshots", remote_options=False)
+    p.add_argument("base", metavar="BASE.json")
+    p.add_argument("new", metavar="NEW.json")
+    p.add_argument(
+        "--fail",
+        action="append",
+        type=parse_threshold,
+        metavar="METRIC:PCT",
+        help=f"exit 1 when NEW > BASE by more than PCT; METRIC: {', '.join(THRESHOLD_METRICS)}",
+    )
+
+    p = command(
+        "flamegraph", "cli_files:cmd_flamegraph", "SVG flame graph of a file", remote_options=False
+    )
+    p.add_argument("file", metavar="FILE.prof|FILE.collapsed")
+    p.add_argument("-o", "--output", metavar="OUT.svg", help="default: FILE's name with .svg")
+
+    p = command("merge", "cli_files:cmd_merge", "combine profiles into one", remote_options=False)
+    p.add_argument("files", nargs="+", metavar="FILE", help=".prof, .collapsed or capture .json")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="the extension picks the format"
+    )
+    return parser
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _plain_error(message: str, code: int) -> int:
+    # Before rich is imported (or when it is missing): the same one line.
+    sys.stderr.write(f"asgi-perf: error: {' '.join(message.split())}\n")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (the console script exits with it)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        return _plain_error(str(exc), _EXIT_USAGE)
+    except ImportError as exc:
+        return _missing(exc)
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        from asgi_perf import cli_common
+        from asgi_perf.client import PerfClientError
+
+        module_name, function = args.handler.split(":")
+        handler = getattr(importlib.import_module(f"asgi_perf.{module_name}"), function)
+    except ImportError as exc:
+        return _missing(exc)
+    io = cli_common.IO.make()
+    try:
+        code: int = handler(args, io)
+        return code
+    except cli_common.CLIError as exc:
+        cli_common.print_error(io.err, str(exc))
+        return exc.code
+    except PerfClientError as exc:
+        cli_common.print_error(io.err, str(exc))
+        return cli_common.EXIT_SERVER
+    except KeyboardInterrupt:
+        cli_common.print_error(io.err, "interrupted")
+        return cli_common.EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing left to say, and Python
+        # must not complain again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        cli_common.print_error(io.err, f"{where}{exc.strerror or exc}")
+        return cli_common.EXIT_USAGE
+    except Exception as exc:
+        # A bug of ours: still one line, and enough to report it.
+        cli_common.print_error(io.err, f"internal error: {type(exc).__name__}: {exc}")
+        return cli_common.EXIT_FAILED
+
+
+def _missing(exc: ImportError) -> int:
+    name = exc.name or "a module"
+    return _plain_error(f"{name} is missing: pip install 'asgi-perf[cli]'", _EXIT_USAGE)

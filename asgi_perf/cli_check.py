@@ -1,0 +1,150 @@
+"""``asgi-perf check``: budget verdicts from a live app or a saved snapshot, for CI."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from asgi_perf.budgets import BudgetSet, load_budgets
+from asgi_perf.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    IO,
+    CLIError,
+    client_for,
+    fmt_number,
+    is_url,
+    load_snapshot,
+    verdict_text,
+)
+from asgi_perf.errors import ConfigError
+
+
+def cmd_check(args: argparse.Namespace, io: IO) -> int:
+    budgets = _budgets(args)
+    if is_url(args.target):
+        with client_for(args, args.target) as client:
+            # The app's own budgets, unless a file says which to apply.
+            result = client.budgets() if budgets is None else budgets.check(client.stats())
+    else:
+        snapshot = load_snapshot(args.target)
+        if budgets is None:
+            raise CLIError("checking a saved snapshot needs --budgets FILE")
+        result = budgets.check(snapshot)
+    verdicts = [v for v in result.get("verdicts") or () if isinstance(v, dict)]
+    if args.junit:
+        write_junit(Path(args.junit), verdicts, str(result.get("source") or args.target))
+    if not verdicts:
+        io.out.print(f"no budgets to check (source: {result.get('source')})", markup=False)
+        return EXIT_OK
+    io.out.print(verdicts_table(verdicts, str(result.get("source") or "")))
+    counts = Counter(str(v.get("verdict")) for v in verdicts)
+    summary = ", ".join(f"{counts[k]} {k}" for k in ("fail", "pass", "insufficient") if counts[k])
+    failed = counts["fail"] > 0
+    io.out.print(
+        f"[bold red]budgets broken[/]: {summary}" if failed else f"[green]budgets ok[/]: {summary}"
+    )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _budgets(args: argparse.Namespace) -> BudgetSet | None:
+    if args.budgets is None:
+        if args.min_samples is not None:
+            raise CLIError("--min-samples applies to --budgets FILE (the app uses its own)")
+        return None
+    if not Path(args.budgets).is_file():
+        raise CLIError(f"{args.budgets}: no such budgets file")
+    try:
+        budgets = load_budgets(args.budgets, pyproject=None)
+        if args.min_samples is not None:
+            # The command line wins over the file's own default.
+            budgets = dataclasses.replace(budgets, min_samples=args.min_samples)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    if not budgets:
+        raise CLIError(f"{args.budgets}: no budgets in this file")
+    return budgets
+
+
+def verdicts_table(verdicts: list[dict[str, Any]], source: str) -> Table:
+    # Text, not markup: a route or a file name may hold "[...]".
+    table = Table(
+        title=Text(f"budget verdicts, source: {source}") if source else None, title_justify="left"
+    )
+    table.add_column("route", no_wrap=True)
+    table.add_column("metric")
+    for name in ("limit", "measured", "margin", "samples"):
+        table.add_column(name, justify="right")
+    table.add_column("verdict")
+    for v in verdicts:
+        metric = str(v.get("metric"))
+        table.add_row(
+            Text(str(v.get("route"))),
+            metric,
+            _value(metric, v.get("limit")),
+            _value(metric, v.get("measured")),
+            _value(metric, v.get("margin")),
+            fmt_number(v.get("samples")),
+            verdict_text(v.get("verdict")),
+        )
+    return table
+
+
+def _value(metric: str, value: Any) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    if metric == "error_rate":
+        return f"{value * 100:.2f}%"
+    unit = " MB" if metric == "max_mb" else " ms"
+    # 100 and 43.4 and 0.405: no trailing zeros, no more digits than meaningful.
+    text = f"{value:.1f}".rstrip("0").rstrip(".") if abs(value) >= 10 else f"{value:.3g}"
+    return text + unit
+
+
+def write_junit(path: Path, verdicts: list[dict[str, Any]], source: str) -> None:
+    """One testcase per verdict: ``failure`` for fail, ``skipped`` for insufficient."""
+    counts = Counter(str(v.get("verdict")) for v in verdicts)
+    totals = {
+        "tests": str(len(verdicts)),
+        "failures": str(counts["fail"]),
+        "errors": "0",
+        "skipped": str(counts["insufficient"]),
+    }
+    root = ET.Element("testsuites", {"name": "asgi-perf check", **totals})
+    suite = ET.SubElement(root, "testsuite", {"name": f"asgi_perf budgets ({source})", **totals})
+    for v in verdicts:
+        route, metric = str(v.get("route")), str(v.get("metric"))
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            {"classname": "asgi_perf.budgets", "name": f"{route} {metric}", "time": "0"},
+        )
+        limit, measured = _value(metric, v.get("limit")), _value(metric, v.get("measured"))
+        if v.get("verdict") == "fail":
+            failure = ET.SubElement(
+                case,
+                "failure",
+                {"type": "budget", "message": f"{metric} {measured} > limit {limit}"},
+            )
+            failure.text = (
+                f"route {route}, pattern {v.get('pattern')}: {metric} measured {measured}, "
+                f"limit {limit}, over {v.get('samples')} samples"
+            )
+        elif v.get("verdict") == "insufficient":
+            ET.SubElement(
+                case,
+                "skipped",
+                {"message": f"not enough samples for {metric}: {v.get('samples')}"},
+            )
+    ET.indent(root)
+    try:
+        ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    except OSError as exc:
+        raise CLIError(f"--junit {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,244 @@
+"""Pieces shared by the ``asgi-perf`` subcommands: errors, consoles, files, numbers."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import pstats
+import signal
+import subprocess
+import sys
+import threading
+import webbrowser
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from types import FrameType
+from typing import Any, cast
+
+from rich.console import Console
+from rich.text import Text
+
+from asgi_perf.capture import PstatsDict
+from asgi_perf.client import PerfClient
+from asgi_perf.renderers import RENDERERS
+
+# Exit codes, documented in the README's CLI reference.
+EXIT_OK = 0
+EXIT_FAILED = 1  # a budget failed or a regression passed its threshold
+EXIT_USAGE = 2  # bad arguments or an unusable input file
+EXIT_SERVER = 3  # the app could not be reached or answered with an error
+EXIT_INTERRUPTED = 130
+
+VERDICT_STYLE = {"fail": "bold red", "pass": "green", "insufficient": "yellow"}
+
+
+class CLIError(Exception):
+    """An error the user can fix: printed as one line, then exit with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class IO:
+    """Where a command writes: results to ``out`` (stdout), progress and errors to ``err``."""
+
+    out: Console
+    err: Console
+
+    @classmethod
+    def make(cls) -> IO:
+        return cls(_console(stderr=False), _console(stderr=True))
+
+
+def _console(*, stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # A table written to a file or a CI log must not be wrapped at 80 columns:
+    # a table only takes the width it needs, so a wide limit costs nothing.
+    wide = not _isatty(stream) and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=200 if wide else None, highlight=False)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def print_error(err: Console, message: str) -> None:
+    """``asgi-perf: error: <message>`` on exactly one line, whatever the message holds."""
+    line = " ".join(str(message).split()) or "unknown error"
+    text = Text.assemble(("asgi-perf: error: ", "bold red"), line)
+    # soft_wrap: a narrow terminal must not turn the one line into two.
+    err.print(text, soft_wrap=True)
+
+
+def client_for(args: argparse.Namespace, url: str | None = None) -> PerfClient:
+    return PerfClient(
+        url if url is not None else args.url,
+        token=args.token,
+        prefix=args.prefix,
+        timeout=args.timeout,
+    )
+
+
+def is_url(target: str) -> bool:
+    return target.startswith(("http://", "https://"))
+
+
+def existing_file(path: str) -> Path:
+    """``path`` as a readable file, or a one-line error that says what is wrong."""
+    p = Path(path)
+    if not p.exists():
+        hint = " (a URL needs http://)" if ":" in path and not p.suffix else ""
+        raise CLIError(f"{path}: no such file{hint}")
+    if not p.is_file():
+        raise CLIError(f"{path}: not a file")
+    return p
+
+
+def load_snapshot(path: str) -> dict[str, Any]:
+    """A saved ``/_perf/stats`` answer (``asgi-perf stats URL --json > FILE``)."""
+    p = existing_file(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CLIError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("routes"), list):
+        raise CLIError(f'{path}: not an asgi_perf stats snapshot (no "routes" list)')
+    return data
+
+
+def write_output(io: IO, body: bytes, output: str | None, default_name: str) -> Path | None:
+    """Write ``body`` to ``output`` (a file, a directory, or ``-`` for stdout).
+
+    Returns the path written, or None for stdout.
+    """
+    if output == "-":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(body)
+        sys.stdout.buffer.flush()
+        return None
+    path = Path(output) if output else Path(default_name)
+    if path.is_dir():
+        path = path / default_name
+    path.write_bytes(body)
+    io.out.print(f"saved {path} ({human_bytes(len(body))})", soft_wrap=True, markup=False)
+    return path
+
+
+def read_pstats(path: Path, shown: str | None = None) -> PstatsDict:
+    """The stats of a ``.prof`` file, or one line saying it is not one."""
+    try:
+        # pstats also prints its complaint about a bad file: keep stdout clean.
+        stats = pstats.Stats(str(path), stream=StringIO())
+    except Exception:
+        raise CLIError(f"{shown or path}: not a pstats .prof file") from None
+    # typeshed leaves Stats.stats out; it is the dict marshal wrote.
+    return cast(PstatsDict, getattr(stats, "stats"))  # noqa: B009
+
+
+def format_for(args: argparse.Namespace) -> str:
+    """``--format``, else what ``-o``'s extension names (``-o load.svg``), else ``prof``."""
+    if args.format:
+        return str(args.format)
+    name = str(args.output or "").lower()
+    # Longest first: ".speedscope.json" before any shorter match.
+    for fmt, r in sorted(RENDERERS.items(), key=lambda kv: -len(kv[1].file_extension)):
+        if name.endswith(r.file_extension):
+            return fmt
+    return "prof"
+
+
+def human_bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / 1024 / 1024:.1f} MiB"
+
+
+def fmt_ms(value: Any) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def fmt_number(value: Any, digits: int = 1) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def verdict_text(verdict: Any) -> Text:
+    if not isinstance(verdict, str):
+        return Text("-", style="dim")
+    return Text(verdict, style=VERDICT_STYLE.get(verdict, ""))
+
+
+def snakeviz_available() -> bool:
+    try:
+        return importlib.util.find_spec("snakeviz") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_snakeviz() -> None:
+    if not snakeviz_available():
+        raise CLIError(
+            "snakeviz is not installed in this environment: pip install snakeviz "
+            "(a dependency of asgi-perf: pip install asgi-perf brings it back)"
+        )
+
+
+def run_snakeviz(path: Path, *, server_only: bool = False) -> int:
+    """Run snakeviz on ``path`` until the user stops it (Ctrl+C); its exit code."""
+    require_snakeviz()
+    # The same interpreter, so the snakeviz found above is the one that runs.
+    command = [sys.executable, "-m", "snakeviz", *(["-s"] if server_only else []), str(path)]
+    with _sigterm_interrupts(), subprocess.Popen(command) as child:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            # Ctrl+C reached snakeviz too, a SIGTERM only us: end it either way,
+            # so no server outlives the command and a temp file can go.
+            child.terminate()
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            return EXIT_OK
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While snakeviz runs, SIGTERM ends us like Ctrl+C does: with cleanup."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def open_in_browser(path: Path) -> None:
+    if not webbrowser.open(path.resolve().as_uri()):
+        raise CLIError(f"no web browser found to open {path}", code=EXIT_FAILED)

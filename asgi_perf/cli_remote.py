@@ -1,0 +1,193 @@
+"""Subcommands that talk to a running app: ``stats``, ``profile``, ``fetch``, ``view``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from asgi_perf.cli_common import (
+    EXIT_OK,
+    IO,
+    CLIError,
+    client_for,
+    existing_file,
+    fmt_ms,
+    fmt_number,
+    format_for,
+    is_url,
+    open_in_browser,
+    read_pstats,
+    require_snakeviz,
+    run_snakeviz,
+    verdict_text,
+    write_output,
+)
+from asgi_perf.client import PerfClient
+
+_POLL_S = 0.1
+
+
+def cmd_stats(args: argparse.Namespace, io: IO) -> int:
+    with client_for(args) as client:
+        snapshot = client.stats()
+    if args.json:
+        # Plain JSON, not rich: this is what `> baseline.json` saves for `diff`.
+        sys.stdout.write(json.dumps(snapshot, indent=2) + "\n")
+        return EXIT_OK
+    io.out.print(stats_table(snapshot, client.base_url))
+    return EXIT_OK
+
+
+def stats_table(snapshot: dict[str, Any], source: str) -> Table:
+    routes = [r for r in snapshot.get("routes") or () if isinstance(r, dict)]
+    routes.sort(key=_p99, reverse=True)
+    process = snapshot.get("process") or {}
+    caption = [f"{snapshot.get('requests', 0)} requests", f"{len(routes)} routes"]
+    if isinstance(process.get("rss_mb"), (int, float)):
+        caption.append(f"RSS {process['rss_mb']:.1f} MB")
+    budgets = snapshot.get("budgets")
+    if isinstance(budgets, dict):
+        caption.append(
+            "budgets ok" if budgets.get("ok") else f"budgets: {budgets.get('failed')} failed"
+        )
+    table = Table(
+        # Text, not markup: a route or a URL may hold "[...]".
+        title=Text(
+            f"{source} — latency in ms, rps over the last {_recent_window(routes)} s — "
+            "sorted by p99"
+        ),
+        caption=", ".join(caption),
+        title_justify="left",
+        caption_justify="left",
+    )
+    table.add_column("route", no_wrap=True)
+    for name in ("count", "rps", "p50", "p90", "p99", "max", "errors"):
+        table.add_column(name, justify="right")
+    table.add_column("budget")
+    for r in routes:
+        latency = r.get("latency_ms") or {}
+        recent = r.get("recent") or {}
+        errors = int(r.get("errors") or 0)
+        table.add_row(
+            Text(str(r.get("route"))),
+            fmt_number(r.get("count")),
+            fmt_number(recent.get("rps")),
+            *(fmt_ms(latency.get(k)) for k in ("p50", "p90", "p99", "max")),
+            Text(str(errors), style="red" if errors else ""),
+            verdict_text(r.get("budget")),
+        )
+    return table
+
+
+def _p99(route: dict[str, Any]) -> float:
+    value = (route.get("latency_ms") or {}).get("p99")
+    return float(value) if isinstance(value, (int, float)) else -1.0
+
+
+def _recent_window(routes: list[dict[str, Any]]) -> Any:
+    for r in routes:
+        window = (r.get("recent") or {}).get("window_s")
+        if window is not None:
+            return window
+    return 60
+
+
+def cmd_profile(args: argparse.Namespace, io: IO) -> int:
+    if args.seconds <= 0:
+        raise CLIError(f"--seconds must be more than 0, got {args.seconds:g}")
+    with client_for(args) as client:
+        body, name = _profile_with_progress(client, args, io)
+    path = write_output(io, body, args.output, name)
+    if args.open and path is not None:
+        return _open(path)
+    return EXIT_OK
+
+
+def _profile_with_progress(
+    client: PerfClient, args: argparse.Namespace, io: IO
+) -> tuple[bytes, str]:
+    result: list[tuple[bytes, str]] = []
+    failure: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            result.append(client.profile(args.seconds, engine=args.engine, fmt=format_for(args)))
+        except BaseException as exc:  # handed to the main thread, which reports it
+            failure.append(exc)
+
+    # A daemon thread: on Ctrl+C the process exits without waiting for the
+    # request, the socket closes, and the server aborts the window.
+    worker = threading.Thread(target=fetch, name="asgi-perf-profile", daemon=True)
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+        TimeElapsedColumn(),
+    )
+    # A bar only on a terminal (a log gets nothing, not even a stray newline),
+    # and transient: once done it is gone, so an error stays the only line.
+    live = io.err.is_terminal
+    with Progress(*columns, console=io.err, transient=True, disable=not live) as progress:
+        task = progress.add_task(f"profiling {client.base_url}", total=args.seconds)
+        start = time.monotonic()
+        worker.start()
+        while worker.is_alive():
+            elapsed = time.monotonic() - start
+            progress.update(task, completed=min(elapsed, args.seconds))
+            if elapsed >= args.seconds:
+                progress.update(task, description="rendering and downloading")
+            worker.join(_POLL_S)
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def cmd_fetch(args: argparse.Namespace, io: IO) -> int:
+    with client_for(args) as client:
+        body, name = client.download(args.ref, fmt=format_for(args), route=args.route)
+    path = write_output(io, body, args.output, name)
+    if args.open and path is not None:
+        return _open(path)
+    return EXIT_OK
+
+
+def _open(path: Path) -> int:
+    if path.suffix == ".prof":
+        return run_snakeviz(path)
+    open_in_browser(path)
+    return EXIT_OK
+
+
+def cmd_view(args: argparse.Namespace, io: IO) -> int:
+    target: str = args.target
+    if not is_url(target):
+        path = existing_file(target)
+        read_pstats(path)
+        return run_snakeviz(path, server_only=args.server)
+    require_snakeviz()  # before the download, which would be wasted
+    body = _download_prof(args, target)
+    with tempfile.TemporaryDirectory(prefix="asgi-perf-") as tmp:
+        path = Path(tmp) / "profile.prof"
+        path.write_bytes(body)
+        read_pstats(path, shown=target)
+        return run_snakeviz(path, server_only=args.server)
+
+
+def _download_prof(args: argparse.Namespace, target: str) -> bytes:
+    """A URL of a ``.prof`` is fetched as is; any other URL names the app (``--ref``)."""
+    with client_for(args, target) as client:
+        if urlsplit(target).path.endswith(".prof"):
+            return client.download_link(target)
+        return client.download(args.ref, fmt="prof", route=args.route)[0]

@@ -1,0 +1,575 @@
+"""The ``asgi-perf`` command line, end to end against real uvicorn servers.
+
+A few commands run as real subprocesses (``python -m asgi_perf``), the rest
+in-process through ``main([...])``: the server runs in a thread of this
+process, so both reach it over a real socket. Every error must be exactly
+one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import copy
+import cProfile
+import json
+import os
+import pstats
+import socket
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from asgi_perf.cli import main
+
+BUDGETS = {
+    "GET /items/{item_id}": {"p99_ms": 10_000},
+    "GET /slow": {"p99_ms": 5},  # /slow sleeps 20+ ms: always broken
+    "GET /users/{user_id}": {"p99_ms": 100},  # never called: insufficient
+}
+PERF = {"budgets": BUDGETS, "min_samples": 2, "sample_rate": 1.0}
+ENV_TO_CLEAR = ("ASGI_PERF_TOKEN", "ASGI_PERF_PREFIX", "FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS")
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A token or prefix from the developer's shell must not change the tests.
+    for name in ENV_TO_CLEAR:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Run:
+    """``cli("stats", url)`` -> (exit code, stdout, stderr), run in-process."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_TO_CLEAR}
+    env.update(extra)
+    return env
+
+
+def run_subprocess(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "asgi_perf", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(**env),
+    )
+
+
+def assert_one_line_error(err: str, *fragments: str) -> str:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("asgi-perf: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def get(url: str, path: str, n: int = 1) -> None:
+    with httpx.Client(base_url=url, trust_env=False, timeout=30) as client:
+        for _ in range(n):
+            client.get(path).raise_for_status()
+
+
+@pytest.fixture
+def server(live_server: Any, fastapi_app: Any) -> str:
+    """A FastAPI app with budgets and every request profiled, after some traffic."""
+    url: str = live_server(fastapi_app(perf=PERF)).url
+    get(url, "/items/7", 5)
+    get(url, "/slow?ms=20", 3)
+    get(url, "/slow?ms=40")  # the slowest, and the latest profile
+    return url
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def traffic(server: str) -> Iterator[None]:
+    """Requests in the background, so a profile window has something to record."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(base_url=server, trust_env=False, timeout=30) as client:
+            while not stop.is_set():
+                client.get("/slow?ms=5")
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(10)
+
+
+def profile_file(path: Path, *functions: Callable[[], object]) -> Path:
+    """A real cProfile ``.prof`` of calling ``functions``."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for f in functions:
+        f()
+    profiler.disable()
+    profiler.dump_stats(path)
+    return path
+
+
+def alpha_function() -> int:
+    return sum(i * i for i in range(20_000))
+
+
+def beta_function() -> int:
+    return sum(len(str(i)) for i in range(20_000))
+
+
+def function_names(path: Path) -> set[str]:
+    stats: dict[tuple[str, int, str], Any] = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    return {name for _, _, name in stats}
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def test_stats_prints_a_table_sorted_by_p99_with_verdicts(server: str, cli: Run) -> None:
+    code, out, err = cli("stats", server)
+    assert (code, err) == (0, "")
+    for column in ("route", "count", "rps", "p50", "p90", "p99", "max", "errors", "budget"):
+        assert column in out
+    lines = out.splitlines()
+    slow = next(i for i, line in enumerate(lines) if "GET /slow" in line)
+    items = next(i for i, line in enumerate(lines) if "GET /items/{item_id}" in line)
+    assert slow < items  # /slow has the larger p99
+    assert "fail" in lines[slow] and "pass" in lines[items]
+    assert "budgets: 1 failed" in out
+
+
+def test_stats_json_is_the_snapshot(server: str, cli: Run) -> None:
+    code, out, err = cli("stats", server + "/_perf/", "--json")  # a URL with the prefix works
+    assert (code, err) == (0, "")
+    snapshot = json.loads(out)
+    routes = {r["route"]: r for r in snapshot["routes"]}
+    assert routes["GET /items/{item_id}"]["count"] == 5
+    assert routes["GET /slow"]["budget"] == "fail"
+
+
+# --------------------------------------------------------------------------- profile / fetch
+
+
+def test_profile_shows_a_progress_bar_and_saves_a_prof(
+    server: str, traffic: None, tmp_path: Path
+) -> None:
+    output = tmp_path / "window.prof"
+    # TTY_COMPATIBLE makes rich draw the live bar although stderr is a pipe.
+    done = run_subprocess(
+        "profile", server, "--seconds", "1", "-o", str(output), TTY_COMPATIBLE="1"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "profiling" in done.stderr and "━" in done.stderr and "1/1 s" in done.stderr
+    assert f"saved {output}" in done.stdout
+    assert function_names(output)  # pstats reads it
+
+
+def test_profile_names_the_file_like_the_server(
+    server: str, traffic: None, cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("profile", server, "--seconds", "1", "--format", "collapsed")
+    assert (code, err) == (0, ""), err
+    [saved] = tmp_path.iterdir()
+    assert saved.name.startswith("process-") and saved.suffix == ".collapsed"
+    assert f"saved {saved.name}" in out
+    assert all(line.rsplit(" ", 1)[1].isdigit() for line in saved.read_text().splitlines())
+
+
+def test_fetch_latest_and_slowest(server: str, cli: Run, tmp_path: Path) -> None:
+    code, out, err = cli("fetch", server, "latest", "-o", str(tmp_path / "latest.prof"))
+    assert (code, err) == (0, ""), err
+    assert function_names(tmp_path / "latest.prof")
+
+    # A directory keeps the server's file name; the format comes from --format.
+    code, out, err = cli(
+        "fetch", server, "slowest", "--route", "GET /slow", "--format", "svg", "-o", str(tmp_path)
+    )
+    assert (code, err) == (0, ""), err
+    [svg] = tmp_path.glob("get-slow-*.svg")
+    assert f"saved {svg}" in out
+    assert ET.parse(svg).getroot().tag.endswith("svg")
+
+    # Without --format, -o's extension picks it.
+    code, _, err = cli("fetch", server, "latest", "-o", str(tmp_path / "x.speedscope.json"))
+    assert code == 0, err
+    assert "speedscope" in json.loads((tmp_path / "x.speedscope.json").read_text())["$schema"]
+
+
+def test_fetch_errors_are_one_line(server: str, cli: Run) -> None:
+    code, _, err = cli("fetch", server, "latest", "--route", "GET /nowhere")
+    assert code == 3
+    assert_one_line_error(err, "404", "no profiles for route 'GET /nowhere'")
+    code, _, err = cli("fetch", server, "not-an-id")
+    assert code == 3
+    assert_one_line_error(err, "400", "is not a profile id")
+
+
+# --------------------------------------------------------------------------- check
+
+
+def test_check_url_exits_1_on_a_broken_budget_and_writes_junit(
+    server: str, cli: Run, tmp_path: Path
+) -> None:
+    junit = tmp_path / "budgets.xml"
+    code, out, err = cli("check", server, "--junit", str(junit))
+    assert (code, err) == (1, "")
+    assert "budgets broken" in out and "1 fail" in out
+    lines = out.splitlines()
+    assert "fail" in next(line for line in lines if "GET /slow" in line)
+
+    root = ET.parse(junit).getroot()
+    assert root.tag == "testsuites"
+    assert (root.get("tests"), root.get("failures"), root.get("skipped")) == ("3", "1", "1")
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    assert set(cases) == {
+        "GET /slow p99_ms",
+        "GET /items/{item_id} p99_ms",
+        "GET /users/{user_id} p99_ms",
+    }
+    failure = cases["GET /slow p99_ms"].find("failure")
+    assert failure is not None and "limit 5 ms" in (failure.get("message") or "")
+    assert cases["GET /users/{user_id} p99_ms"].find("skipped") is not None
+    assert list(cases["GET /items/{item_id} p99_ms"]) == []
+
+
+def test_check_url_passes_when_budgets_hold(live_server: Any, fastapi_app: Any, cli: Run) -> None:
+    url = live_server(fastapi_app(perf={"budgets": {"GET /": {"p99_ms": 10_000}}})).url
+    get(url, "/", 25)
+    code, out, err = cli("check", url)
+    assert (code, err) == (0, "")
+    assert "budgets ok: 1 pass" in out
+
+
+def test_check_url_against_a_budgets_file(server: str, cli: Run, tmp_path: Path) -> None:
+    lenient = tmp_path / "lenient.toml"
+    lenient.write_text('min_samples = 1\n["*"]\np99_ms = "10 s"\n')
+    code, out, err = cli("check", server, "--budgets", str(lenient))
+    assert (code, err) == (0, "")  # the app's own (broken) budgets are not used
+    assert str(lenient) in out
+
+
+def test_check_a_saved_snapshot(server: str, cli: Run, tmp_path: Path) -> None:
+    _, snapshot, _ = cli("stats", server, "--json")
+    saved = tmp_path / "stats.json"
+    saved.write_text(snapshot)
+    strict = tmp_path / "strict.toml"
+    strict.write_text('["GET /slow"]\np99_ms = 1\n')
+
+    code, out, err = cli("check", str(saved), "--budgets", str(strict), "--min-samples", "1")
+    assert (code, err) == (1, "")
+    code, out, err = cli("check", str(saved), "--budgets", str(strict), "--min-samples", "1000")
+    assert (code, err) == (0, "")
+    assert "1 insufficient" in out
+
+    code, _, err = cli("check", str(saved))
+    assert code == 2
+    assert_one_line_error(err, "needs --budgets")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('["GET /slow"]\np99_msec = 1\n')
+    code, _, err = cli("check", str(saved), "--budgets", str(bad))
+    assert code == 2
+    assert_one_line_error(err, "unknown field 'p99_msec'")
+
+
+# --------------------------------------------------------------------------- diff
+
+
+@pytest.fixture
+def snapshots(server: str, cli: Run, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A real saved snapshot, and a copy to turn into the "new" run."""
+    _, out, _ = cli("stats", server, "--json")
+    base = tmp_path / "base.json"
+    base.write_text(out)
+    return base, json.loads(out)
+
+
+def _write(path: Path, snapshot: dict[str, Any]) -> str:
+    path.write_text(json.dumps(snapshot))
+    return str(path)
+
+
+def test_diff_thresholds(snapshots: tuple[Path, dict[str, Any]], cli: Run, tmp_path: Path) -> None:
+    base, snapshot = snapshots
+    new = copy.deepcopy(snapshot)
+    for route in new["routes"]:
+        if route["route"] == "GET /slow":
+            route["latency_ms"]["p99"] *= 1.15  # +15 %
+    new_path = _write(tmp_path / "new.json", new)
+
+    code, out, err = cli("diff", str(base), new_path, "--fail", "p99:10%")
+    assert (code, err) == (1, "")
+    assert "REGRESSION" in out and "+15.0%" in out
+    assert "1 regression(s) past --fail thresholds: GET /slow p99 +15.0%" in out
+
+    code, out, err = cli("diff", str(base), new_path, "--fail", "p99:20%", "--fail", "p50:1")
+    assert (code, err) == (0, "")
+    assert "no regression" in out
+
+    code, out, err = cli("diff", str(base), str(base))
+    assert (code, err) == (0, "")  # no thresholds: a report only
+    for column in ("base", "new", "change"):
+        assert column in out
+
+
+def test_diff_error_rate_and_routes_new_and_gone(
+    snapshots: tuple[Path, dict[str, Any]], cli: Run, tmp_path: Path
+) -> None:
+    base, snapshot = snapshots
+    new = copy.deepcopy(snapshot)
+    new["routes"] = [r for r in new["routes"] if r["route"] != "GET /items/{item_id}"]
+    extra = copy.deepcopy(new["routes"][0])
+    extra["route"] = "GET /brand-new"
+    new["routes"].append(extra)
+    for route in new["routes"]:
+        if route["route"] == "GET /slow":
+            route["errors"] = 1  # from no errors to some: any percentage is passed
+    code, out, err = cli(
+        "diff", str(base), _write(tmp_path / "new.json", new), "--fail", "error_rate:50%"
+    )
+    assert (code, err) == (1, "")
+    assert "new routes (not in" in out and "GET /brand-new" in out
+    assert "gone routes (not in" in out and "GET /items/{item_id}" in out
+    assert "GET /slow error_rate" in out
+
+
+@pytest.mark.parametrize(
+    ("threshold", "fragment"),
+    [("p99:ten", "bad threshold 'p99:ten'"), ("p42:10%", "unknown metric 'p42'"), ("p99", "")],
+)
+def test_diff_bad_threshold_syntax(
+    snapshots: tuple[Path, dict[str, Any]], cli: Run, threshold: str, fragment: str
+) -> None:
+    base, _ = snapshots
+    code, out, err = cli("diff", str(base), str(base), "--fail", threshold)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "--fail", fragment)
+
+
+def test_diff_bad_threshold_in_a_real_process(snapshots: tuple[Path, dict[str, Any]]) -> None:
+    base, _ = snapshots
+    done = run_subprocess("diff", str(base), str(base), "--fail", "p99:ten")
+    assert done.returncode == 2
+    assert_one_line_error(done.stderr, "bad threshold")
+
+
+def test_diff_bad_files(snapshots: tuple[Path, dict[str, Any]], cli: Run, tmp_path: Path) -> None:
+    base, _ = snapshots
+    not_json = tmp_path / "notes.json"
+    not_json.write_text("hello")
+    not_snapshot = tmp_path / "list.json"
+    not_snapshot.write_text("[1, 2]")
+    for other, fragment in [
+        (tmp_path / "missing.json", "no such file"),
+        (not_json, "not JSON"),
+        (not_snapshot, "not an asgi_perf stats snapshot"),
+    ]:
+        code, _, err = cli("diff", str(base), str(other))
+        assert code == 2
+        assert_one_line_error(err, str(other), fragment)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_flamegraph_from_prof_and_collapsed(cli: Run, tmp_path: Path) -> None:
+    prof = profile_file(tmp_path / "run.prof", alpha_function)
+    out_svg = tmp_path / "run.svg"
+    code, out, err = cli("flamegraph", str(prof), "-o", str(out_svg))
+    assert (code, err) == (0, "")
+    assert f"saved {out_svg}" in out
+    root = ET.parse(out_svg).getroot()
+    assert root.tag.endswith("svg")
+    assert "alpha_function" in out_svg.read_text()
+
+    collapsed = tmp_path / "stacks.collapsed"
+    collapsed.write_text(
+        "main (app/main.py:1);handler (app/views.py:10);slow_query (app/db.py:42) 30000\n"
+        "main (app/main.py:1);handler (app/views.py:10) 5000\n"
+        "main (app/main.py:1);plain_name 1000\n"
+    )
+    code, _, err = cli("flamegraph", str(collapsed), "-o", str(tmp_path / "stacks.svg"))
+    assert (code, err) == (0, "")
+    text = (tmp_path / "stacks.svg").read_text()
+    ET.fromstring(text)
+    assert "slow_query" in text and "app/db.py:42" in text and "plain_name" in text
+
+
+def test_flamegraph_bad_files(cli: Run, tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.prof"
+    bogus.write_text("this is not marshal data\n")
+    garbled = tmp_path / "garbled.collapsed"
+    garbled.write_text("a;b;c no-count-here\n")
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    for path, fragment in [
+        (bogus, "not a pstats .prof file"),
+        (garbled, "expected 'frame;frame;... COUNT'"),
+        (other, "unsupported file"),
+        (tmp_path / "missing.prof", "no such file"),
+    ]:
+        code, out, err = cli("flamegraph", str(path), "-o", str(tmp_path / "x.svg"))
+        assert (code, out) == (2, "")
+        assert_one_line_error(err, fragment)
+
+
+def test_merge_two_prof_files(cli: Run, tmp_path: Path) -> None:
+    a = profile_file(tmp_path / "a.prof", alpha_function)
+    b = profile_file(tmp_path / "b.prof", beta_function)
+    merged = tmp_path / "merged.prof"
+    code, out, err = cli("merge", str(a), str(b), "-o", str(merged))
+    assert (code, err) == (0, "")
+    assert "2 profiles merged" in out
+    assert {"alpha_function", "beta_function"} <= function_names(merged)
+
+    # Mixed inputs go through captures; the output's extension picks the format.
+    collapsed = tmp_path / "c.collapsed"
+    collapsed.write_text("main (app.py:1);gamma_function (app.py:9) 2000\n")
+    svg = tmp_path / "merged.svg"
+    code, out, err = cli("merge", str(a), str(collapsed), "-o", str(svg))
+    assert (code, err) == (0, "")
+    text = svg.read_text()
+    ET.fromstring(text)
+    assert "alpha_function" in text and "gamma_function" in text
+
+    code, _, err = cli("merge", str(a), "-o", str(tmp_path / "out.txt"))
+    assert code == 2
+    assert_one_line_error(err, "unknown output type")
+
+
+def test_merge_capture_json_from_profile_dir(
+    live_server: Any, fastapi_app: Any, cli: Run, tmp_path: Path
+) -> None:
+    profile_dir = tmp_path / "profiles"
+    url = live_server(fastapi_app(perf={"sample_rate": 1.0, "profile_dir": str(profile_dir)})).url
+    get(url, "/slow?ms=30", 2)
+    deadline = time.monotonic() + 10
+    while len(list(profile_dir.glob("*.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    captures = sorted(profile_dir.glob("*.json"))
+    assert len(captures) == 2
+    merged = tmp_path / "merged.prof"
+    code, _, err = cli("merge", *map(str, captures), "-o", str(merged))
+    assert (code, err) == (0, "")
+    assert function_names(merged)
+
+
+# --------------------------------------------------------------------------- view
+
+
+def test_view_error_paths(cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, err = cli("view", str(tmp_path / "missing.prof"))
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "missing.prof: no such file")
+
+    bogus = tmp_path / "bogus.prof"
+    bogus.write_bytes(b"\x00\x01not a profile")
+    code, out, err = cli("view", str(bogus))
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "not a pstats .prof file")
+
+    prof = profile_file(tmp_path / "run.prof", alpha_function)
+    # None in sys.modules is how Python spells "cannot be imported".
+    monkeypatch.setitem(sys.modules, "snakeviz", None)
+    code, out, err = cli("view", str(prof))
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "pip install snakeviz")
+
+
+def test_view_url_without_asgi_perf(live_server: Any, fastapi_app: Any, cli: Run) -> None:
+    url = live_server(fastapi_app(perf=None)).url
+    code, _, err = cli("view", url)
+    assert code == 3
+    assert_one_line_error(err, "404: no asgi_perf at", "is PerfMiddleware installed")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_unreachable_server(cli: Run) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    code, out, err = cli("stats", url)
+    assert (code, out) == (3, "")
+    assert_one_line_error(err, "cannot reach", "connection refused")
+
+
+def test_unreachable_server_in_a_real_process() -> None:
+    done = run_subprocess("check", f"http://127.0.0.1:{closed_port()}")
+    assert done.returncode == 3
+    assert done.stdout == ""
+    assert_one_line_error(done.stderr, "cannot reach")
+
+
+def test_a_token_protected_server(
+    live_server: Any, fastapi_app: Any, cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = live_server(fastapi_app(perf={"token": "s3cret"})).url
+    code, out, err = cli("stats", url)
+    assert (code, out) == (3, "")
+    assert_one_line_error(err, "401", "token", "--token or ASGI_PERF_TOKEN")
+
+    code, _, err = cli("stats", url, "--token", "wrong")
+    assert code == 3
+    assert_one_line_error(err, "401")
+
+    code, out, err = cli("stats", url, "--token", "s3cret")
+    assert (code, err) == (0, "")
+    monkeypatch.setenv("ASGI_PERF_TOKEN", "s3cret")
+    code, out, err = cli("stats", url, "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)["schema"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ((), "required: COMMAND"),
+        (("stats",), "required: URL"),
+        (("profile", "http://127.0.0.1:1"), "--seconds"),
+        (("fetch", "http://127.0.0.1:1", "latest", "--format", "gif"), "invalid choice: 'gif'"),
+        (("check", "x.json", "--min-samples", "-3"), "whole number"),
+        (("merge", "a.prof"), "-o/--output"),
+        (("no-such-command",), "invalid choice"),
+    ],
+)
+def test_usage_errors_are_one_line(cli: Run, args: tuple[str, ...], fragment: str) -> None:
+    code, out, err = cli(*args)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, fragment)
+
+
+def test_help_and_version(cli: Run) -> None:
+    code, out, _ = cli("--help")
+    assert code == 0
+    for name in ("stats", "profile", "fetch", "view", "check", "diff", "flamegraph", "merge"):
+        assert name in out
+    code, out, _ = cli("--version")
+    assert code == 0 and out.startswith("asgi-perf ")
