@@ -1,0 +1,1 @@
+"""Integrations of asgi_perf with other tools (import the one you use)."""
