@@ -32,6 +32,9 @@ from starlette.websockets import WebSocket
 
 from asgi_perf import PerfMiddleware
 
+# The pytest plugin of asgi_perf is tested by running pytest on small test files.
+pytest_plugins = ("pytester",)
+
 STARTUP_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 10.0
 

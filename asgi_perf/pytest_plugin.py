@@ -1,0 +1,327 @@
+"""pytest plugin of asgi_perf (entry point ``pytest11``, disable with ``-p no:asgi_perf``).
+
+- ``perf_app(app, budgets=..., **options)``: a ``PerfTestClient`` serving ``app``
+  wrapped by ``PerfMiddleware``; its budgets are checked when the test body ends.
+- ``@pytest.mark.perf_budget("GET /path", p99_ms="50 ms")`` or
+  ``@pytest.mark.perf_budget(budgets="perf-budgets.toml")``: budgets for every
+  app the test serves with ``perf_app``.
+- ``@pytest.mark.limit_memory("24 MB")`` or the ``memory_budget("24 MB")``
+  fixture: a limit on the tracemalloc peak of the test body.
+
+A broken budget or limit fails the test in its call phase, one line per
+violation. Tests that use none of these are left alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from asgi_perf._types import ASGIApp
+from asgi_perf.config import PerfConfig
+from asgi_perf.errors import ConfigError
+from asgi_perf.memory import traced_start
+from asgi_perf.units import parse_size_mb
+
+if TYPE_CHECKING:  # asgi_perf.testing needs httpx: imported only by tests that use it
+    from asgi_perf.budgets import Budget
+    from asgi_perf.testing import BudgetsLike, PerfAppFactory, PerfTestClient
+
+MARKERS = (
+    'perf_budget(pattern, **limits) or perf_budget(budgets="perf-budgets.toml"): budgets '
+    "(p50_ms, p99_ms, max_mb, error_rate, ...) that the apps served by the perf_app fixture "
+    "must meet; the test fails listing the broken ones.",
+    'limit_memory(limit): fail the test when the tracemalloc peak of its body exceeds "24 MB".',
+)
+TOP_SITES = 5
+_MB = float(1 << 20)
+_POLL_S = 0.005  # the interpreter's default switch interval: finer polling gains nothing
+# Allocations by tracemalloc itself (snapshots) and by this plugin are not the test's.
+_NOT_THE_TESTS = frozenset({tracemalloc.__file__, __file__, "<unknown>"})
+
+
+@dataclass
+class _TestState:
+    """What one test asked of the plugin, kept in its item's stash."""
+
+    marker_budgets: list[tuple[Budget, ...]] = field(default_factory=list)
+    memory_limit_mb: float | None = None
+    trace_memory: bool = False
+    clients: list[PerfTestClient] = field(default_factory=list)
+
+
+_STATE = pytest.StashKey[_TestState]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Markers are read before the fixtures are set up, so a bad one is a setup error.
+    if _STATE in item.stash:  # a rerun starts afresh
+        del item.stash[_STATE]
+    budget_marks = list(item.iter_markers("perf_budget"))
+    memory_mark = item.get_closest_marker("limit_memory")
+    # With --memray, pytest-memray owns the limit_memory marker.
+    if memory_mark is not None and item.config.pluginmanager.hasplugin("memray_manager"):
+        memory_mark = None
+    if not budget_marks and memory_mark is None:
+        return
+    state = item.stash[_STATE] = _TestState()
+    root = item.config.rootpath
+    # iter_markers yields the closest first; the closest must override, so it goes last.
+    for mark in reversed(budget_marks):
+        state.marker_budgets.append(_marker_budgets(mark, root))
+    if memory_mark is not None:
+        state.memory_limit_mb = _memory_limit(memory_mark)
+        state.trace_memory = True
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    # trylast: innermost of the wrappers, so the memory measured is the test's own.
+    state = item.stash.get(_STATE, None)
+    watch = _MemoryWatch(state) if state is not None and state.trace_memory else None
+    try:
+        result = yield
+    finally:
+        peak = watch.finish() if watch is not None else None
+        # Read again: perf_app requested with request.getfixturevalue() in the body starts now.
+        state = item.stash.get(_STATE, None)
+        problems = [] if state is None else _problems(item, state, watch, peak)
+        if state is not None:
+            del item.stash[_STATE]  # the fixtures keep what their teardown needs
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+    return result
+
+
+@pytest.fixture
+def perf_app(request: pytest.FixtureRequest) -> Iterator[PerfAppFactory]:
+    """Factory: ``client = perf_app(app, budgets=None, **options)``.
+
+    ``client`` is an ``asgi_perf.testing.PerfTestClient`` (an ``httpx.Client``)
+    serving ``app`` wrapped by ``PerfMiddleware(**options)`` in-process; its
+    ``.perf`` is the middleware. The budgets (this argument merged over the
+    ``perf_budget`` markers) are checked when the test body ends.
+    """
+    _need_httpx()
+    from asgi_perf.testing import DEFAULT_MIN_SAMPLES, PerfTestClient, load_source, merge_budgets
+
+    state = _state(request.node.stash)
+    root = request.config.rootpath
+
+    def make(app: ASGIApp, /, budgets: BudgetsLike = None, **options: Any) -> PerfTestClient:
+        config = options.get("config")
+        default = config.min_samples if isinstance(config, PerfConfig) else DEFAULT_MIN_SAMPLES
+        # The argument is the closest to the test: it overrides the markers.
+        parts = [*state.marker_budgets, load_source(_rooted(budgets, root))]
+        merged = merge_budgets(parts, min_samples=options.get("min_samples", default))
+        client = PerfTestClient(app, merged, **options)
+        state.clients.append(client)
+        return client
+
+    yield make
+    clients, state.clients = state.clients, []
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def memory_budget(request: pytest.FixtureRequest) -> Callable[[float | str], None]:
+    """``memory_budget("24 MB")`` limits the tracemalloc peak of the test body
+    (the whole body, wherever in it the call is made)."""
+    state = _state(request.node.stash)
+    state.trace_memory = True
+
+    def limit(size: float | str) -> None:
+        state.memory_limit_mb = parse_size_mb(size, name="memory_budget")
+
+    return limit
+
+
+def _state(stash: pytest.Stash) -> _TestState:
+    return stash.setdefault(_STATE, _TestState())
+
+
+def _need_httpx() -> None:
+    # httpx is an extra, not a dependency of asgi_perf: say so rather than show an ImportError.
+    if importlib.util.find_spec("httpx") is None:
+        pytest.fail("asgi_perf's perf_app needs httpx: pip install httpx", pytrace=False)
+
+
+def _rooted(source: Any, root: Path) -> Any:
+    """Relative budget files are found from pytest's rootdir, wherever pytest started."""
+    if isinstance(source, (str, os.PathLike)) and not os.path.isabs(source):
+        return root / source
+    return source
+
+
+def _marker_budgets(mark: pytest.Mark, root: Path) -> tuple[Budget, ...]:
+    _need_httpx()
+    from asgi_perf.testing import load_source
+
+    kwargs = dict(mark.kwargs)
+    try:
+        if len(mark.args) == 1 and isinstance(mark.args[0], str) and "budgets" not in kwargs:
+            return load_source({mark.args[0]: kwargs})
+        if not mark.args and "budgets" in kwargs and set(kwargs) <= {"budgets", "min_samples"}:
+            source = _rooted(kwargs["budgets"], root)
+            return load_source(source, min_samples=kwargs.get("min_samples"))
+        error = (
+            'expected perf_budget("METHOD /path", p99_ms=...) '
+            'or perf_budget(budgets="perf-budgets.toml")'
+        )
+    except ConfigError as exc:
+        error = str(exc)
+    # Failed outside the except block: the ConfigError's traceback would only add noise.
+    pytest.fail(f"asgi_perf.ConfigError in a perf_budget marker: {error}", pytrace=False)
+
+
+def _memory_limit(mark: pytest.Mark) -> float:
+    args = [*mark.args, *mark.kwargs.values()]
+    error = 'expected limit_memory("24 MB")'
+    if len(args) == 1 and set(mark.kwargs) <= {"limit"}:
+        try:
+            return parse_size_mb(args[0], name="limit")
+        except ConfigError as exc:
+            error = str(exc)
+    pytest.fail(f"asgi_perf.ConfigError in a limit_memory marker: {error}", pytrace=False)
+
+
+def _problems(
+    item: pytest.Item, state: _TestState, watch: _MemoryWatch | None, peak: int | None
+) -> list[str]:
+    """The violations of this test, one line each; every verdict goes to a report section
+    (shown for failed tests, and for passed ones with ``-rP``)."""
+    problems: list[str] = []
+    report: list[str] = []
+    limit = state.memory_limit_mb
+    if watch is not None and peak is not None:
+        line = f"memory: peak {_size(peak)}"
+        if limit is not None and peak > limit * _MB:
+            problems.append(f"memory budget: peak {_size(peak)} > limit {_size(limit * _MB)}")
+            problems.extend(watch.top_sites(item.config.rootpath, peak))
+        report.append(line + ("" if limit is None else f" (limit {_size(limit * _MB)})"))
+    if state.clients:
+        from asgi_perf.testing import format_verdict
+    for client in state.clients:
+        for verdict in client.check()["verdicts"]:
+            text = format_verdict(verdict)
+            report.append(f"{verdict['verdict']}: {text}")
+            if verdict["verdict"] == "fail":
+                problems.append(text)
+    if report:
+        item.add_report_section("call", "asgi_perf", "\n".join(report))
+    return problems
+
+
+def _size(nbytes: float) -> str:
+    """Bytes in MB, or KB below a tenth of a MB, as the budgets write them."""
+    value, unit = (nbytes / _MB, "MB") if nbytes >= _MB / 10 else (nbytes / 1024, "KB")
+    text = f"{value:.1f}" if value >= 10 else f"{value:.3g}"
+    return f"{text[:-2] if text.endswith('.0') else text} {unit}"
+
+
+class _MemoryWatch:
+    """The tracemalloc peak of a test body, and what was allocated near that peak.
+
+    A snapshot taken after the body is useless: the test's locals are freed
+    when it returns. So a daemon thread polls the traced size and the peak,
+    and takes a snapshot when the size first passes the limit, then again
+    each time it grows by another tenth, but never sooner than three times as
+    long as the last snapshot took (a process traced since start-up takes
+    seconds). A test under its limit only pays the polling.
+
+    A snapshot's list of traces is not itself traced, so keeping one does not
+    move the peak; its statistics are computed after the body.
+    """
+
+    def __init__(self, state: _TestState) -> None:
+        self._state = state
+        self._started = not tracemalloc.is_tracing()
+        if self._started:
+            tracemalloc.start()
+        # Only when tracing was on before: allocations older than the body are
+        # subtracted. The baseline is read after it, so its own size is not counted.
+        self._before = None if self._started else tracemalloc.take_snapshot()
+        self._baseline = traced_start()
+        self._peak = 0
+        self._snapshot: tracemalloc.Snapshot | None = None
+        self._snapshot_at = 0
+        self._next_snapshot = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="asgi_perf-memory", daemon=True)
+        self._thread.start()
+
+    def finish(self) -> int:
+        """Stop watching; the peak growth in bytes over the body."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        if self._started:
+            tracemalloc.stop()
+        return self._peak
+
+    def top_sites(self, root: Path, peak: int) -> list[str]:
+        """The largest allocation sites near the peak, one line each; sites under
+        1 % of the peak (pytest, this plugin's thread) are noise and left out."""
+        if self._snapshot is None:
+            held = f"{_POLL_S * 1000:g} ms"
+            return [f"  (no allocation sites: the memory was held for less than {held})"]
+        if self._before is None:
+            stats = [(s.traceback[0], s.size, s.count) for s in self._snapshot.statistics("lineno")]
+        else:
+            diff = self._snapshot.compare_to(self._before, "lineno")
+            stats = [(s.traceback[0], s.size_diff, s.count_diff) for s in diff]
+        stats.sort(key=lambda s: -s[1])
+        sites = [s for s in stats if s[0].filename not in _NOT_THE_TESTS][:TOP_SITES]
+        lines = [f"  top allocation sites at {_size(self._snapshot_at)} (tracemalloc, by line):"]
+        for frame, size, count in sites:
+            if size >= peak / 100:
+                where = f"{_relative(frame.filename, root)}:{frame.lineno}"
+                lines.append(f"    {where}: {_size(size)} in {count} block{'s' * (count != 1)}")
+        return lines
+
+    def _poll(self) -> None:
+        while not self._stop.wait(_POLL_S):
+            self._sample()
+
+    def _sample(self) -> None:
+        if not tracemalloc.is_tracing():  # the test stopped it: nothing more to see
+            return
+        current, peak = tracemalloc.get_traced_memory()
+        grown = current - self._baseline
+        # Both: PerfMiddleware(tracemalloc=True) resets the peak on every request.
+        self._peak = max(self._peak, peak - self._baseline, grown)
+        limit = self._state.memory_limit_mb
+        if limit is None or grown <= limit * _MB or grown <= self._snapshot_at * 1.1:
+            return
+        start = time.monotonic()
+        if start < self._next_snapshot:
+            return
+        try:
+            self._snapshot = tracemalloc.take_snapshot()
+        except RuntimeError:  # tracing stopped between the check and the snapshot
+            return
+        self._snapshot_at = grown
+        self._next_snapshot = start + 3 * (time.monotonic() - start)
+
+
+def _relative(filename: str, root: Path) -> str:
+    try:
+        return str(Path(filename).relative_to(root))
+    except ValueError:
+        return filename

@@ -1,0 +1,388 @@
+"""Helpers for tests: an in-process client for an app wrapped by asgi_perf, and
+budget checks that return one line per broken limit.
+
+The pytest plugin (``asgi_perf.pytest_plugin``) is built on these; they work
+without pytest too::
+
+    with PerfTestClient(app, budgets={"GET /items/{item_id}": {"p99_ms": "50 ms"}}) as client:
+        client.get("/items/1")
+    assert_budgets(client)
+
+This module needs httpx (``pip install httpx``), as any in-process ASGI client does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from typing import Any, Protocol
+
+import anyio
+import httpx
+from anyio.abc import TaskStatus
+from anyio.from_thread import BlockingPortal
+
+from asgi_perf._types import ASGIApp, Message, Receive, Scope, Send
+from asgi_perf.budgets import Budget, BudgetSet, load_budgets
+from asgi_perf.config import PerfConfig
+from asgi_perf.middleware import PerfMiddleware
+
+__all__ = [
+    "DEFAULT_MIN_SAMPLES",
+    "BudgetsLike",
+    "MemoryBudget",
+    "PerfAppFactory",
+    "PerfTestClient",
+    "assert_budgets",
+    "check_budgets",
+    "format_verdict",
+]
+
+BudgetsLike = Mapping[str, Any] | str | os.PathLike[str] | BudgetSet | None
+# The memory_budget fixture: memory_budget("24 MB").
+MemoryBudget = Callable[[float | str], None]
+
+# A test makes a handful of requests, not the thousands of a load test: one
+# sample is enough for a verdict unless a test or a budgets file says otherwise.
+DEFAULT_MIN_SAMPLES = 1
+LOOPBACK = ("127.0.0.1", 50000)
+# No budgets file sets min_samples this high: seeing it back means the source did not set it.
+_UNSET = 2**62
+_UNITS = {"max_mb": " MB", "error_rate": "%"}
+
+
+def format_verdict(verdict: Mapping[str, Any]) -> str:
+    """One line for one verdict of ``BudgetSet.check`` (or ``GET /_perf/budgets``):
+    ``GET /slow p99_ms: 101.2 ms > limit 50 ms (412 samples)``."""
+    metric = verdict["metric"]
+    unit = _UNITS.get(metric, " ms")
+    scale = 100.0 if metric == "error_rate" else 1.0
+    limit = f"limit {_num(verdict['limit'] * scale)}{unit}"
+    samples = verdict["samples"]
+    counted = f"{samples} sample{'' if samples == 1 else 's'}"
+    if verdict["pattern"] != verdict["route"]:
+        counted += f', budget "{verdict["pattern"]}"'
+    head = f"{verdict['route']} {metric}:"
+    if verdict["verdict"] == "insufficient" or verdict["measured"] is None:
+        return f"{head} not enough samples ({counted}), {limit}"
+    relation = ">" if verdict["verdict"] == "fail" else "<="
+    return f"{head} {_num(verdict['measured'] * scale)}{unit} {relation} {limit} ({counted})"
+
+
+def check_budgets(
+    source: PerfTestClient | PerfMiddleware | Mapping[str, Any],
+    budgets: BudgetsLike = None,
+    *,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+) -> list[str]:
+    """The broken budgets of ``source``, one line each (empty when all hold).
+
+    ``source`` is a ``PerfTestClient``, a ``PerfMiddleware`` or a stats snapshot
+    (``/_perf/stats`` or ``snapshot()``). ``budgets`` defaults to the client's
+    or middleware's own; a dict or a TOML path is loaded with ``min_samples``
+    (a ``min_samples`` set in the source itself wins).
+    """
+    if isinstance(source, PerfTestClient):
+        own: BudgetSet | None = source.budgets
+        snapshot: Mapping[str, Any] = source.snapshot()
+    elif isinstance(source, PerfMiddleware):
+        own, snapshot = source.budgets, source.snapshot()
+    else:
+        own, snapshot = None, source
+    if budgets is not None:
+        own = load_budgets(budgets, min_samples=min_samples, pyproject=None)
+    if own is None:
+        raise TypeError("check_budgets: a snapshot needs budgets=... to be checked against")
+    return [format_verdict(v) for v in own.check(snapshot)["verdicts"] if v["verdict"] == "fail"]
+
+
+def assert_budgets(
+    source: PerfTestClient | PerfMiddleware | Mapping[str, Any],
+    budgets: BudgetsLike = None,
+    *,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+) -> None:
+    """Raise ``AssertionError`` listing every broken budget (see ``check_budgets``)."""
+    __tracebackhide__ = True  # pytest shows the caller's line, not this one
+    broken = check_budgets(source, budgets, min_samples=min_samples)
+    if broken:
+        raise AssertionError("\n".join(broken))
+
+
+class PerfTestClient(httpx.Client):
+    """A synchronous httpx client serving ``app`` wrapped by ``PerfMiddleware``, in-process.
+
+    Requests run on one event loop in a background thread, as under a server.
+    ``with client:`` also runs the app's lifespan (startup, then shutdown on
+    exit). ``options`` go to ``PerfMiddleware``; unlike a deployed app,
+    ``min_samples`` defaults to 1 and every request's memory is measured.
+    Without ``budgets`` no budgets apply (``pyproject.toml`` is not read).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        /,
+        budgets: BudgetsLike = None,
+        *,
+        raise_app_exceptions: bool = True,
+        **options: Any,
+    ) -> None:
+        config = options.get("config")
+        if isinstance(config, PerfConfig):
+            # A config passed in is taken as it is, budgets and min_samples included.
+            if budgets is None:
+                budgets = config.budgets
+            min_samples = options.get("min_samples", config.min_samples)
+        else:
+            options = {"min_samples": DEFAULT_MIN_SAMPLES, "memory_sample_every": 1, **options}
+            min_samples = options["min_samples"]
+        self.budgets: BudgetSet = merge_budgets([load_source(budgets)], min_samples=min_samples)
+        options["budgets"] = _as_table(self.budgets)
+        self.perf = PerfMiddleware(app, **options)
+        self._raise = raise_app_exceptions
+        self._loop = _LoopTransport(self._serve, raise_app_exceptions)
+        super().__init__(
+            transport=self._loop,
+            base_url="http://testserver",
+            follow_redirects=True,  # as starlette's TestClient
+            trust_env=False,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """The middleware's stats snapshot, as ``GET /_perf/stats`` serves it."""
+        return self.perf.snapshot()
+
+    def check(self) -> dict[str, Any]:
+        """Verdicts of this client's budgets, as ``GET /_perf/budgets`` serves them."""
+        return self.budgets.check(self.perf.snapshot())
+
+    def violations(self) -> list[str]:
+        """One line per broken budget; empty when every budget holds."""
+        return check_budgets(self)
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` for the same wrapped app, on the caller's event loop.
+
+        It does not run the lifespan itself; state from ``with client:`` is shared.
+        """
+        transport = httpx.ASGITransport(
+            app=self._serve, raise_app_exceptions=self._raise, client=LOOPBACK
+        )
+        kwargs.setdefault("base_url", self.base_url)
+        kwargs.setdefault("follow_redirects", True)
+        kwargs.setdefault("trust_env", False)
+        return httpx.AsyncClient(transport=transport, **kwargs)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            # Servers hand every request a shallow copy of the lifespan state.
+            scope["state"] = dict(self._loop.state)
+        await self.perf(scope, receive, send)
+
+
+class PerfAppFactory(Protocol):
+    """The ``perf_app`` fixture: ``perf_app(app, budgets=..., **options)``."""
+
+    def __call__(
+        self, app: ASGIApp, /, budgets: BudgetsLike = None, **options: Any
+    ) -> PerfTestClient: ...
+
+
+def merge_budgets(parts: Iterable[Iterable[Budget]], *, min_samples: int) -> BudgetSet:
+    """One ``BudgetSet`` from the budgets of several sources (see ``load_source``);
+    a later part overrides an earlier one metric by metric for the same pattern.
+    ``min_samples`` applies to the budgets that carry none of their own.
+    """
+    merged: dict[str, tuple[dict[str, float], int | None]] = {}
+    for part in parts:
+        for budget in part:
+            limits, samples = merged.get(budget.pattern, ({}, None))
+            limits = {**limits, **budget.limits}
+            if budget.min_samples is not None:
+                samples = budget.min_samples
+            merged[budget.pattern] = (limits, samples)
+    budgets = tuple(Budget(p, limits, samples) for p, (limits, samples) in merged.items())
+    return BudgetSet(budgets, min_samples=min_samples, source="test budgets")
+
+
+def load_source(source: BudgetsLike, *, min_samples: int | None = None) -> tuple[Budget, ...]:
+    """The budgets of one source, each carrying the ``min_samples`` that applies to
+    it when the source (or ``min_samples``) sets one; ``None`` is no budgets."""
+    if source is None:
+        return ()
+    budget_set = load_budgets(source, min_samples=_UNSET, pyproject=None)
+    if min_samples is None and budget_set.min_samples != _UNSET:
+        min_samples = budget_set.min_samples
+    if min_samples is None:
+        return budget_set.budgets
+    return tuple(
+        b if b.min_samples is not None else Budget(b.pattern, b.limits, min_samples)
+        for b in budget_set.budgets
+    )
+
+
+def _as_table(budgets: BudgetSet) -> dict[str, Any]:
+    """A ``BudgetSet`` as the dict ``PerfMiddleware(budgets=...)`` takes."""
+    table: dict[str, Any] = {"min_samples": budgets.min_samples}
+    for b in budgets.budgets:
+        fields: dict[str, Any] = dict(b.limits)
+        if b.min_samples is not None:
+            fields["min_samples"] = b.min_samples
+        table[b.pattern] = fields
+    return table
+
+
+def _num(value: float) -> str:
+    text = f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+class _LoopTransport(httpx.BaseTransport):
+    """Runs httpx's ``ASGITransport`` on one event loop in a daemon thread.
+
+    One loop for all requests (not one per request) keeps what the app binds
+    to its loop, locks and pools, valid from one request to the next. The
+    thread is a daemon so that a client nobody closed cannot hold the
+    interpreter open at exit.
+    """
+
+    def __init__(self, app: ASGIApp, raise_app_exceptions: bool) -> None:
+        self.state: dict[str, Any] = {}
+        self._app = app
+        self._asgi = httpx.ASGITransport(
+            app=app, raise_app_exceptions=raise_app_exceptions, client=LOOPBACK
+        )
+        self._lock = threading.Lock()
+        self._portal: BlockingPortal | None = None
+        self._thread: threading.Thread | None = None
+        self._lifespan: tuple[Future[None], anyio.Event] | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        # A sync client may hold a sync-only body stream; the loop gets bytes.
+        request.read()
+        status, headers, body, extensions = self._start().call(self._round_trip, request)
+        return httpx.Response(
+            status, headers=headers, stream=httpx.ByteStream(body), extensions=extensions
+        )
+
+    async def _round_trip(
+        self, request: httpx.Request
+    ) -> tuple[int, httpx.Headers, bytes, dict[str, Any]]:
+        response = await self._asgi.handle_async_request(request)
+        body = await response.aread()
+        return response.status_code, response.headers, body, dict(response.extensions)
+
+    def __enter__(self) -> _LoopTransport:
+        portal = self._start()
+        stop = portal.call(anyio.Event)
+        try:
+            future, _ = portal.start_task(_run_lifespan, self._app, self.state, stop)
+        except BaseException:
+            self.close()  # the with block never starts: nothing else would stop the loop
+            raise
+        self._lifespan = (future, stop)
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            portal, thread, lifespan = self._portal, self._thread, self._lifespan
+            self._portal = self._thread = self._lifespan = None
+        if portal is None or thread is None:
+            return
+        try:
+            if lifespan is not None:
+                future, stop = lifespan
+                portal.call(stop.set)
+                future.result()  # a failed shutdown raises here
+        finally:
+            portal.call(portal.stop, True)
+            thread.join()
+
+    def _start(self) -> BlockingPortal:
+        with self._lock:
+            if self._portal is None:
+                ready: Future[BlockingPortal] = Future()
+                self._thread = threading.Thread(
+                    target=_run_portal, args=(ready,), name="asgi_perf-test-client", daemon=True
+                )
+                self._thread.start()
+                self._portal = ready.result()
+            return self._portal
+
+
+def _run_portal(ready: Future[BlockingPortal]) -> None:
+    async def serve() -> None:
+        async with BlockingPortal() as portal:
+            ready.set_result(portal)
+            await portal.sleep_until_stopped()
+
+    try:
+        anyio.run(serve)
+    except BaseException as exc:
+        if not ready.done():
+            ready.set_exception(exc)
+        else:
+            raise
+
+
+async def _run_lifespan(
+    app: ASGIApp,
+    state: dict[str, Any],
+    stop: anyio.Event,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Drive the ASGI lifespan protocol the way uvicorn's ``--lifespan auto`` does:
+    an app that raises before answering the startup has no lifespan and is
+    served without one; a ``startup.failed`` answer raises."""
+    to_app, app_inbox = anyio.create_memory_object_stream[Message](math.inf)
+    app_outbox, from_app = anyio.create_memory_object_stream[Message](math.inf)
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": state}
+    raised: list[Exception] = []
+    shutdown: Message | None = None
+
+    async def run_app() -> None:
+        # Caught here, not raised into the task group: the caller gets one plain
+        # exception (from _lifespan_error), not an ExceptionGroup.
+        try:
+            await app(scope, app_inbox.receive, app_outbox.send)
+        except Exception as exc:
+            raised.append(exc)
+        finally:
+            app_outbox.close()
+
+    async def answer() -> Message | None:
+        try:
+            return await from_app.receive()
+        except anyio.EndOfStream:
+            return None
+
+    async with to_app, app_inbox, app_outbox, from_app, anyio.create_task_group() as tg:
+        tg.start_soon(run_app)
+        await to_app.send({"type": "lifespan.startup"})
+        startup = await answer()
+        if startup is not None and startup["type"] == "lifespan.startup.complete":
+            task_status.started()
+            await stop.wait()
+            await to_app.send({"type": "lifespan.shutdown"})
+            shutdown = await answer()
+    if startup is None:
+        task_status.started()  # no lifespan support: serve without one
+    elif startup["type"] != "lifespan.startup.complete":
+        raise _lifespan_error("startup", startup, raised)
+    elif shutdown is None or shutdown["type"] != "lifespan.shutdown.complete" or raised:
+        raise _lifespan_error("shutdown", shutdown, raised)
+
+
+def _lifespan_error(phase: str, reply: Message | None, raised: list[Exception]) -> RuntimeError:
+    # Starlette puts a whole traceback in the message: the chained exception says it better.
+    if raised:
+        error = RuntimeError(f"lifespan {phase} failed: {raised[0]!r}")
+        error.__cause__ = raised[0]
+        return error
+    message = (reply or {}).get("message") or "the app sent no answer"
+    return RuntimeError(f"lifespan {phase} failed: {message}")
