@@ -1,0 +1,321 @@
+"""The shop: the e-commerce API a load test is usually written for.
+
+Run from the repository root::
+
+    uvicorn examples.shop.app:app
+
+Routes: ``POST /login``, ``GET /products?page=&size=``, ``GET /products/search?q=``,
+``GET /products/{product_id}``, ``GET /cart``, ``POST /cart/items``,
+``POST /checkout``. Cart and checkout need ``Authorization: Bearer <token>``
+from ``/login``. The catalog is SQLite, seeded with 50 000 products on first
+start (``SHOP_DB`` sets the file, ``SHOP_PRODUCTS`` the count).
+
+``GET /products/search`` is slow on purpose: ``LIKE '%q%'`` reads every
+product on every call. ``perf-budgets.toml`` gives it a p99 budget it breaks,
+and a yappi profile window shows the time in ``search_products``.
+
+The endpoints are plain ``def`` functions: sqlite3 blocks, and FastAPI runs
+``def`` endpoints in its threadpool, as a real service built on a blocking
+driver would.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from asgi_perf import PerfMiddleware
+
+from .db import Database, check_password, default_path, default_product_count, ensure_database
+
+# uvicorn's own start-up logger: the seeding message follows its --log-level.
+log = logging.getLogger("uvicorn.error")
+
+MAX_PAGE_SIZE = 100
+_NO_SALT = bytes(16)
+
+
+class Credentials(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class Token(BaseModel):
+    token: str
+    token_type: str = "bearer"
+    username: str
+
+
+class Product(BaseModel):
+    id: int
+    sku: str
+    name: str
+    description: str
+    category: str
+    price_cents: int
+
+
+class ProductSummary(BaseModel):
+    id: int
+    name: str
+    category: str
+    price_cents: int
+
+
+class ProductPage(BaseModel):
+    page: int
+    size: int
+    total: int
+    pages: int
+    items: list[ProductSummary]
+
+
+class SearchResult(BaseModel):
+    q: str
+    total: int
+    items: list[ProductSummary]
+
+
+class CartLine(BaseModel):
+    product_id: int
+    name: str
+    quantity: int
+    price_cents: int
+    line_cents: int
+
+
+class Cart(BaseModel):
+    items: list[CartLine]
+    total_cents: int
+
+
+class AddToCart(BaseModel):
+    product_id: int
+    quantity: int = Field(default=1, ge=1, le=99)
+
+
+class Order(BaseModel):
+    order_id: int
+    items: list[CartLine]
+    total_cents: int
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+DB = Annotated[Database, Depends(get_db)]
+# auto_error=False: a missing header gets the same 401 as a bad token, where
+# HTTPBearer would answer 403.
+bearer = HTTPBearer(auto_error=False)
+
+
+def current_user(
+    db: DB, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> int:
+    """The user id behind the bearer token; 401 without a valid one."""
+    if credentials is not None:
+        row = (
+            db.connection()
+            .execute("SELECT user_id FROM sessions WHERE token = ?", (credentials.credentials,))
+            .fetchone()
+        )
+        if row is not None:
+            user_id: int = row["user_id"]
+            return user_id
+    raise HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        "missing or invalid bearer token; POST /login first",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+User = Annotated[int, Depends(current_user)]
+router = APIRouter()
+
+
+@router.post("/login")
+def login(body: Credentials, db: DB) -> Token:
+    conn = db.connection()
+    row = conn.execute(
+        "SELECT id, salt, password_hash FROM users WHERE username = ?", (body.username,)
+    ).fetchone()
+    # An unknown name costs the same hash as a wrong password, so the answer
+    # time does not tell which usernames exist.
+    salt, expected = (row["salt"], row["password_hash"]) if row else (_NO_SALT, b"")
+    if not check_password(body.password, salt, expected) or row is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "wrong username or password",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    token = secrets.token_urlsafe(32)
+    with db.write() as tx:
+        tx.execute("INSERT INTO sessions VALUES (?, ?, ?)", (token, row["id"], time.time()))
+    return Token(token=token, username=body.username)
+
+
+@router.get("/products")
+def list_products(
+    db: DB,
+    request: Request,
+    page: Annotated[int, Query(ge=1)] = 1,
+    size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
+) -> ProductPage:
+    # Walks the primary key: cheap for the first pages, a little dearer deep
+    # into the catalog (OFFSET still steps over the skipped rows).
+    rows = (
+        db.connection()
+        .execute(
+            "SELECT id, name, category, price_cents FROM products ORDER BY id LIMIT ? OFFSET ?",
+            (size, (page - 1) * size),
+        )
+        .fetchall()
+    )
+    # The catalog is read-only, so its size is counted once at start-up.
+    total: int = request.app.state.product_count
+    return ProductPage(
+        page=page,
+        size=size,
+        total=total,
+        pages=-(-total // size),
+        items=[ProductSummary(**row) for row in rows],
+    )
+
+
+def search_products(conn: sqlite3.Connection, q: str, limit: int) -> tuple[int, list[sqlite3.Row]]:
+    """The deliberately slow query: a full scan of every name and description.
+
+    A leading ``%`` defeats any b-tree index, and ``COUNT(*) OVER ()`` plus the
+    sort by price need every match before the first row comes back.
+    """
+    pattern = f"%{q}%"
+    rows = conn.execute(
+        "SELECT id, name, category, price_cents, COUNT(*) OVER () AS total FROM products"
+        " WHERE name LIKE ? OR description LIKE ? ORDER BY price_cents, id LIMIT ?",
+        (pattern, pattern, limit),
+    ).fetchall()
+    return (rows[0]["total"] if rows else 0), rows
+
+
+# Declared before /products/{product_id}, which would otherwise take "search"
+# as an id and answer 422.
+@router.get("/products/search")
+def search(
+    db: DB,
+    q: Annotated[str, Query(min_length=2, max_length=64)],
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
+) -> SearchResult:
+    total, rows = search_products(db.connection(), q, limit)
+    items = [
+        ProductSummary(
+            id=r["id"], name=r["name"], category=r["category"], price_cents=r["price_cents"]
+        )
+        for r in rows
+    ]
+    return SearchResult(q=q, total=total, items=items)
+
+
+@router.get("/products/{product_id}")
+def get_product(product_id: int, db: DB) -> Product:
+    row = db.connection().execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no product {product_id}")
+    return Product(**row)
+
+
+def _cart_lines(conn: sqlite3.Connection, user_id: int) -> list[CartLine]:
+    rows = conn.execute(
+        "SELECT c.product_id, p.name, c.quantity, p.price_cents FROM cart_items c"
+        " JOIN products p ON p.id = c.product_id WHERE c.user_id = ? ORDER BY c.product_id",
+        (user_id,),
+    ).fetchall()
+    return [CartLine(**row, line_cents=row["quantity"] * row["price_cents"]) for row in rows]
+
+
+def _cart(lines: list[CartLine]) -> Cart:
+    return Cart(items=lines, total_cents=sum(line.line_cents for line in lines))
+
+
+@router.get("/cart")
+def get_cart(db: DB, user_id: User) -> Cart:
+    return _cart(_cart_lines(db.connection(), user_id))
+
+
+@router.post("/cart/items", status_code=status.HTTP_201_CREATED)
+def add_to_cart(body: AddToCart, db: DB, user_id: User) -> Cart:
+    with db.write() as tx:
+        if tx.execute("SELECT 1 FROM products WHERE id = ?", (body.product_id,)).fetchone() is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no product {body.product_id}")
+        tx.execute(
+            "INSERT INTO cart_items VALUES (?, ?, ?) ON CONFLICT (user_id, product_id)"
+            " DO UPDATE SET quantity = min(quantity + excluded.quantity, 99)",
+            (user_id, body.product_id, body.quantity),
+        )
+        lines = _cart_lines(tx, user_id)
+    return _cart(lines)
+
+
+@router.post("/checkout", status_code=status.HTTP_201_CREATED)
+def checkout(db: DB, user_id: User) -> Order:
+    # Reading the cart inside the write transaction: a concurrent "add to cart"
+    # of the same user either lands in this order or in the next cart.
+    with db.write() as tx:
+        lines = _cart_lines(tx, user_id)
+        if not lines:
+            raise HTTPException(status.HTTP_409_CONFLICT, "the cart is empty")
+        total = sum(line.line_cents for line in lines)
+        order_id = tx.execute(
+            "INSERT INTO orders (user_id, created_at, total_cents) VALUES (?, ?, ?)",
+            (user_id, time.time(), total),
+        ).lastrowid
+        tx.executemany(
+            "INSERT INTO order_items VALUES (?, ?, ?, ?)",
+            [(order_id, line.product_id, line.quantity, line.price_cents) for line in lines],
+        )
+        tx.execute("DELETE FROM cart_items WHERE user_id = ?", (user_id,))
+    assert order_id is not None  # an INSERT into a rowid table always sets it
+    return Order(order_id=order_id, items=lines, total_cents=total)
+
+
+def create_app(db_path: Path | None = None, products: int | None = None) -> FastAPI:
+    """A new shop app; the database is created (or reused) at start-up.
+
+    ``db_path`` and ``products`` default to ``$SHOP_DB`` / ``$SHOP_PRODUCTS``.
+    """
+    path = db_path if db_path is not None else default_path()
+    count = products if products is not None else default_product_count()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Seeding takes about a second; off the event loop it does not hold
+        # up anything else uvicorn does at start-up.
+        seconds = await run_in_threadpool(ensure_database, path, count)
+        if seconds:
+            log.info("seeded %s with %d products in %.2f s", path, count, seconds)
+        app.state.db = database = Database(path)
+        app.state.product_count = count
+        try:
+            yield
+        finally:
+            database.close()
+
+    app = FastAPI(title="shop", lifespan=lifespan)
+    app.include_router(router)
+    app.add_middleware(PerfMiddleware, budgets=Path(__file__).with_name("perf-budgets.toml"))
+    return app
+
+
+app = create_app()
