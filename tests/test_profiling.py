@@ -10,6 +10,7 @@ Profiles are always read back over HTTP, the way a user reads them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import pstats
 import re
@@ -126,6 +127,11 @@ def build_app() -> FastAPI:
     @app.get("/sync")
     def sync_endpoint() -> dict[str, int]:
         return {"sync": sum(sync_work() for _ in range(CHUNKS))}
+
+    @app.get("/digest")
+    def digest() -> dict[str, str]:
+        # All of its time is in one C call.
+        return {"digest": hashlib.pbkdf2_hmac("sha256", b"pw", b"salt", 100_000).hex()}
 
     @app.get("/nap")
     async def nap(ms: int = 10) -> dict[str, int]:
@@ -444,6 +450,42 @@ async def test_yappi_keeps_threadpool_work_apart_from_concurrent_async_work(clie
             own, other = ("sync_work", "alpha_work")[:: 1 if path == "/sync" else -1]
             assert own in names, (path, sorted(names))
             assert other not in names, (path, sorted(names))
+
+
+async def test_yappi_flame_graph_counts_time_in_c_calls_as_the_callers(client_for, tmp_path):
+    """yappi leaves C calls out of own time; the stacks put it back on the caller."""
+    mw = perf(engine="yappi")
+    async with client_for(mw) as client:
+        pid = await profiled(client, "/digest")
+        collapsed = (await client.get(f"/_perf/profiles/{pid}.collapsed")).text
+        prof = (await client.get(f"/_perf/profiles/{pid}.prof")).content
+    stats = load_stats(prof, tmp_path).stats  # type: ignore[attr-defined]
+    digest_s = max(e[3] for (_f, _l, name), e in stats.items() if name == "digest")
+    own_s = 0.0
+    for line in collapsed.splitlines():
+        frames, _, micros = line.rpartition(" ")
+        if mentions([frames.split(";")[-1:]], "digest"):
+            own_s += int(micros) / 1_000_000
+    # pbkdf2_hmac is all of digest's time: it is digest's own in the flame graph.
+    assert digest_s > 0.005
+    assert own_s >= 0.9 * digest_s, (own_s, digest_s)
+
+
+def test_idle_waits_do_not_become_own_time():
+    from asgi_perf.engines.yappi_impl import with_c_time_as_own
+
+    wait = ("/usr/lib/python3.11/threading.py", 295, "Condition.wait")
+    work = ("/app/shop.py", 10, "search")
+    idle_caller = ("/usr/lib/python3.11/queue.py", 154, "Queue.get")
+    stats = {
+        idle_caller: (1, 1, 0.0, 9.0, {}),
+        wait: (1, 1, 0.0, 9.0, {idle_caller: (1, 1, 0.0, 9.0)}),
+        work: (1, 1, 0.001, 2.0, {}),
+    }
+    adjusted = with_c_time_as_own(stats)
+    assert adjusted[work][2] == 2.0
+    assert adjusted[wait][2] == 0.0
+    assert adjusted[idle_caller][2] == 0.0
 
 
 async def test_yappi_cpu_clock_does_not_count_sleeping(client_for, tmp_path):
