@@ -97,7 +97,7 @@ def cmd_diff(args: argparse.Namespace, io: IO) -> int:
     table.add_column("metric")
     for name in ("base", "new", "change", "threshold"):
         table.add_column(name, justify="right")
-    table.add_column("")
+    table.add_column("verdict")
     regressions: list[str] = []
     common = sorted(set(base) & set(new))
     for route in common:
@@ -114,7 +114,7 @@ def cmd_diff(args: argparse.Namespace, io: IO) -> int:
                 _cell(metric, n),
                 _change_text(metric, b, n, broken),
                 f"+{threshold.percent:g}%" if threshold else "",
-                Text("REGRESSION", style="bold red") if broken else "",
+                Text("REGRESSION", style="bold red") if broken else ("ok" if threshold else ""),
                 end_section=i == len(shown) - 1,
             )
     if common:
