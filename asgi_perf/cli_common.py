@@ -197,8 +197,8 @@ def snakeviz_available() -> bool:
 def require_snakeviz() -> None:
     if not snakeviz_available():
         raise CLIError(
-            "snakeviz is not installed in this environment: pip install snakeviz "
-            "(a dependency of asgi-perf: pip install asgi-perf brings it back)"
+            "snakeviz is not installed in this environment: "
+            "pip install 'asgi-perf[cli]' (or pip install snakeviz)"
         )
 
 
