@@ -476,7 +476,8 @@ def _fmt(metric: str, value: Any) -> str:
     if not isinstance(value, (int, float)):
         return "-"
     if metric.endswith("_ms"):
-        return f"{value:.1f} ms"
+        # Three significant digits below 10 ms: a 0.05 ms limit is not "0.1".
+        return f"{value:.1f} ms" if abs(value) >= 10 else f"{value:.3g} ms"
     if metric == "max_mb":
         return f"{value:.2f} MB"
     if metric == "error_rate":
