@@ -525,3 +525,20 @@ def test_odd_names_stay_intact_and_harmless(fmt: str, tmp_path: Path) -> None:
         # A name holding </script> must not end pyinstrument's data script early.
         assert page.count("</script>") == render(plain, fmt).decode().count("</script>")
         assert "\\u003c/script>\\u003cscript>alert(1)" in page
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        ({"kind": "request", "method": "GET", "route": "GET /items/{id}"}, "GET /items/{id}"),
+        ({"kind": "request", "method": "GET", "route": "/items/{id}"}, "GET /items/{id}"),
+        ({"kind": "window", "method": "WINDOW", "route": "<process>"}, "the whole process"),
+        ({"kind": "lifespan", "method": "LIFESPAN", "route": "<process>"}, "the whole process"),
+    ],
+)
+def test_svg_heading_names_the_route_once(meta: dict[str, str], expected: str) -> None:
+    frame = FrameId("work", "/srv/app.py", 1)
+    capture = Capture(engine="yappi", stacks={(frame,): 0.5}, duration_s=0.5, meta=meta)
+    heading = ET.fromstring(render(capture, "svg")).find(f"{SVG}title")
+    assert heading is not None and heading.text is not None
+    assert heading.text.startswith(f"{expected} \u2014 {meta['kind']}, yappi"), heading.text

@@ -166,7 +166,13 @@ def _seconds(seconds: float) -> str:
 
 def _heading(capture: Capture, total: float) -> str:
     meta = capture.meta
-    what = " ".join(str(meta[k]) for k in ("method", "route") if meta.get(k)) or "profile"
+    method, route = meta.get("method"), meta.get("route")
+    if meta.get("kind") in ("window", "lifespan"):
+        what = "the whole process"
+    elif method and route and not str(route).startswith(f"{method} "):
+        what = f"{method} {route}"  # a route_key that leaves the method out
+    else:
+        what = str(route or method or "profile")
     bits = [str(meta.get("kind") or "profile"), capture.engine]
     bits.append(f"{_seconds(capture.duration_s)} wall, {_seconds(total)} profiled")
     if meta.get("parts"):
