@@ -22,11 +22,9 @@ the load test runs as if the plugin were not there.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
-import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,142 +33,25 @@ from pathlib import Path
 from typing import Any
 
 from locust import FastHttpUser, HttpUser, events
-from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from asgi_perf.budgets import load_budgets
 from asgi_perf.client import PerfClient, PerfClientError
-from asgi_perf.engines import ENGINES
 from asgi_perf.errors import ConfigError
+from asgi_perf.integrations._locust_options import Settings, add_arguments
+from asgi_perf.integrations._summary import broken, summary
 
 __all__ = ["TAG_HEADER"]
 
 TAG_HEADER = "X-Perf-Tag"
-DEFAULT_RESULTS = "perf-results"
-DEFAULT_PREFIX = "/_perf"
-# The server keeps at most 64 characters of a tag, and the id names a directory.
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # The server's default max_window_seconds: a longer request is a 400, so it is
 # retried without ``seconds`` (the server then uses its own maximum).
 _DEFAULT_MAX_WINDOW_S = 300
 # Room for the ramp-up and the stop after --run-time, so the window does not end first.
 _WINDOW_SLACK_S = 30
-_TABLE_ROWS = 20
 
 log = logging.getLogger("asgi_perf.locust")
-
-
-# --------------------------------------------------------------------------- options
-
-
-def _run_id_arg(value: str) -> str:
-    if not _RUN_ID_RE.match(value):
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: use 1 to 64 letters, digits, '.', '_' or '-', not starting with . _ -"
-        )
-    return value
-
-
-def _budgets_arg(value: str) -> str:
-    # Loaded once here so a bad file stops Locust before the load starts; the
-    # path (not the BudgetSet) is kept because Locust forwards the options to
-    # its workers as plain data.
-    try:
-        load_budgets(value)
-    except (ConfigError, OSError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
-
-
-def _add_arguments(parser: LocustArgumentParser, **_: Any) -> None:
-    # Not in the web UI: the plugin reads them on the master when a test starts,
-    # and a value typed in the UI would not have been validated.
-    hidden: dict[str, Any] = {"include_in_web_ui": False}
-    parser.add_argument(
-        "--perf-results",
-        metavar="DIR",
-        default=DEFAULT_RESULTS,
-        help="asgi_perf: save each run's profile, stats and verdicts into DIR/<run id>/ "
-        f"(default: {DEFAULT_RESULTS})",
-        **hidden,
-    )
-    parser.add_argument(
-        "--perf-token",
-        metavar="TOKEN",
-        env_var="ASGI_PERF_TOKEN",
-        default=None,
-        help="asgi_perf: bearer token of the app's /_perf API (default: $ASGI_PERF_TOKEN)",
-        **hidden,
-    )
-    parser.add_argument(
-        "--perf-prefix",
-        metavar="PATH",
-        env_var="ASGI_PERF_PREFIX",
-        default=DEFAULT_PREFIX,
-        help=f"asgi_perf: where the app serves its API (default: {DEFAULT_PREFIX})",
-        **hidden,
-    )
-    parser.add_argument(
-        "--perf-engine",
-        choices=sorted(ENGINES),
-        default=None,
-        help="asgi_perf: profiler of the run's window (default: the app's configured engine)",
-        **hidden,
-    )
-    parser.add_argument(
-        "--perf-budgets",
-        metavar="FILE",
-        type=_budgets_arg,
-        default=None,
-        help="asgi_perf: check the run's stats against this budgets TOML file "
-        "instead of the app's own budgets",
-        **hidden,
-    )
-    parser.add_argument(
-        "--perf-run-id",
-        metavar="NAME",
-        type=_run_id_arg,
-        default=None,
-        help="asgi_perf: name of the run, its tag and its results directory "
-        "(default: UTC time and a random suffix, new for every test)",
-        **hidden,
-    )
-    parser.add_argument(
-        "--no-perf-window",
-        action="store_true",
-        default=False,
-        help="asgi_perf: no profile window; still reset and collect the stats",
-        **hidden,
-    )
-
-
-@dataclass(frozen=True)
-class _Settings:
-    results: Path
-    token: str | None
-    prefix: str
-    engine: str | None
-    budgets: str | None
-    run_id: str | None
-    window: bool
-    run_time: int | None
-
-    @classmethod
-    def of(cls, environment: Environment) -> _Settings:
-        # parsed_options is None when Locust is used as a library; the
-        # attributes are missing when the parser never saw this module.
-        options = environment.parsed_options
-        return cls(
-            results=Path(getattr(options, "perf_results", None) or DEFAULT_RESULTS),
-            token=getattr(options, "perf_token", None) or None,
-            prefix="/" + str(getattr(options, "perf_prefix", None) or DEFAULT_PREFIX).strip("/"),
-            engine=getattr(options, "perf_engine", None),
-            budgets=getattr(options, "perf_budgets", None),
-            run_id=_State.requested_run_id,
-            window=not getattr(options, "no_perf_window", False),
-            run_time=getattr(options, "run_time", None) or None,
-        )
 
 
 # --------------------------------------------------------------------------- state
@@ -181,7 +62,7 @@ class _Run:
     id: str
     host: str
     client: PerfClient
-    settings: _Settings
+    settings: Settings
     window_id: str | None = None
 
 
@@ -290,7 +171,7 @@ def _new_run_id() -> str:
 
 
 def _begin(environment: Environment) -> _Run | None:
-    settings = _Settings.of(environment)
+    settings = Settings.of(environment, _State.requested_run_id)
     host = environment.host
     if not host:
         log.warning("asgi_perf: no --host; the load test runs without it")
@@ -469,93 +350,15 @@ def _failed(verdicts: dict[str, Any]) -> bool:
     return any(v.get("verdict") == "fail" for v in verdicts.get("verdicts") or ())
 
 
-# --------------------------------------------------------------------------- report
-
-
-def _fmt(metric: str, value: Any) -> str:
-    if not isinstance(value, (int, float)):
-        return "-"
-    if metric.endswith("_ms"):
-        # Three significant digits below 10 ms: a 0.05 ms limit is not "0.1".
-        return f"{value:.1f} ms" if abs(value) >= 10 else f"{value:.3g} ms"
-    if metric == "max_mb":
-        return f"{value:.2f} MB"
-    if metric == "error_rate":
-        return f"{value * 100:.2f} %"
-    return f"{value}"
-
-
-def _table(verdicts: list[dict[str, Any]]) -> list[str]:
-    # Fails first (the server and BudgetSet.check already sort them so); the
-    # rest is cut to keep the summary short, budgets.json has everything.
-    failing = [v for v in verdicts if v.get("verdict") == "fail"]
-    others = [v for v in verdicts if v.get("verdict") != "fail"]
-    shown = failing + others[: max(0, _TABLE_ROWS - len(failing))]
-    rows = [("route", "metric", "limit", "measured", "verdict")]
-    for v in shown:
-        metric = str(v.get("metric", ""))
-        rows.append(
-            (
-                str(v.get("route", "")),
-                metric,
-                _fmt(metric, v.get("limit")),
-                _fmt(metric, v.get("measured")),
-                str(v.get("verdict", "")).upper(),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = [
-        "  ".join(
-            cell.rjust(width) if 2 <= i <= 3 else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    if len(shown) < len(verdicts):
-        lines.append(f"... {len(verdicts) - len(shown)} more verdicts in budgets.json")
-    return lines
-
-
 def _report(
     run: _Run, stats: dict[str, Any], verdicts: dict[str, Any] | None, saved: list[Path]
 ) -> None:
-    lines = [f"asgi_perf: run {run.id} on {run.host}: {stats.get('requests', 0)} requests seen"]
-    rows = list((verdicts or {}).get("verdicts") or ())
-    if verdicts is None:
-        lines.append("no budget verdicts")
-    elif not rows:
-        lines.append(f"no budgets ({verdicts.get('source', 'none')})")
-    else:
-        counts = {k: sum(v.get("verdict") == k for v in rows) for k in ("fail", "pass")}
-        insufficient = len(rows) - counts["fail"] - counts["pass"]
-        result = "FAILED" if counts["fail"] else "ok"
-        lines.append(
-            f"budgets {result}: {counts['fail']} fail, {counts['pass']} pass, "
-            f"{insufficient} insufficient ({verdicts.get('source', '')})"
-        )
-        lines.extend(_table(rows))
-        for v in rows:
-            if v.get("verdict") == "fail":
-                metric = str(v.get("metric"))
-                log.warning(
-                    "asgi_perf: budget broken: %s %s %s > %s",
-                    v.get("route"),
-                    metric,
-                    _fmt(metric, v.get("measured")),
-                    _fmt(metric, v.get("limit")),
-                )
-    for path in saved:
-        lines.append(f"  {path}")
-    by_name = {p.name: p for p in saved}
-    if "window.prof" in by_name:
-        lines.append(f"open: snakeviz {by_name['window.prof']}")
-    if "window.svg" in by_name:
-        lines.append(f"      {by_name['window.svg']} in a browser (flame graph)")
+    for line in broken(verdicts):
+        log.warning("asgi_perf: budget broken: %s", line)
     log.info("asgi_perf: run %s: results in %s", run.id, run.settings.results / run.id)
     # print, not only logging: the summary belongs next to Locust's own final
     # stats on stdout, whatever the log level or --skip-log-setup.
-    print("\n".join(lines), flush=True)
+    print("\n".join(summary(run.id, run.host, stats, verdicts, saved)), flush=True)
 
 
 # --------------------------------------------------------------------------- registration
@@ -566,7 +369,7 @@ def _listen(hook: Any, handler: Callable[..., None]) -> None:
     hook.add_listener(handler)
 
 
-_listen(events.init_command_line_parser, _add_arguments)
+_listen(events.init_command_line_parser, add_arguments)
 _listen(events.init, _on_init)
 _listen(events.test_start, _on_test_start)
 _listen(events.test_stop, _on_test_stop)
