@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import threading
-import time
-import tracemalloc
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +26,7 @@ import pytest
 from asgi_perf._types import ASGIApp
 from asgi_perf.config import PerfConfig
 from asgi_perf.errors import ConfigError
-from asgi_perf.memory import traced_start
+from asgi_perf.memory_watch import MB, MemoryWatch, size_text
 from asgi_perf.units import parse_size_mb
 
 if TYPE_CHECKING:  # asgi_perf.testing needs httpx: imported only by tests that use it
@@ -42,11 +39,6 @@ MARKERS = (
     "must meet; the test fails listing the broken ones.",
     'limit_memory(limit): fail the test when the tracemalloc peak of its body exceeds "24 MB".',
 )
-TOP_SITES = 5
-_MB = float(1 << 20)
-_POLL_S = 0.005  # the interpreter's default switch interval: finer polling gains nothing
-# Allocations by tracemalloc itself (snapshots) and by this plugin are not the test's.
-_NOT_THE_TESTS = frozenset({tracemalloc.__file__, __file__, "<unknown>"})
 
 
 @dataclass
@@ -93,7 +85,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     # trylast: innermost of the wrappers, so the memory measured is the test's own.
     state = item.stash.get(_STATE, None)
-    watch = _MemoryWatch(state) if state is not None and state.trace_memory else None
+    watch = None
+    if state is not None and state.trace_memory:
+        watched = state
+        watch = MemoryWatch(lambda: watched.memory_limit_mb)
     try:
         result = yield
     finally:
@@ -202,7 +197,7 @@ def _memory_limit(mark: pytest.Mark) -> float:
 
 
 def _problems(
-    item: pytest.Item, state: _TestState, watch: _MemoryWatch | None, peak: int | None
+    item: pytest.Item, state: _TestState, watch: MemoryWatch | None, peak: int | None
 ) -> list[str]:
     """The violations of this test, one line each; every verdict goes to a report section
     (shown for failed tests, and for passed ones with ``-rP``)."""
@@ -210,11 +205,13 @@ def _problems(
     report: list[str] = []
     limit = state.memory_limit_mb
     if watch is not None and peak is not None:
-        line = f"memory: peak {_size(peak)}"
-        if limit is not None and peak > limit * _MB:
-            problems.append(f"memory budget: peak {_size(peak)} > limit {_size(limit * _MB)}")
+        line = f"memory: peak {size_text(peak)}"
+        if limit is not None and peak > limit * MB:
+            problems.append(
+                f"memory budget: peak {size_text(peak)} > limit {size_text(limit * MB)}"
+            )
             problems.extend(watch.top_sites(item.config.rootpath, peak))
-        report.append(line + ("" if limit is None else f" (limit {_size(limit * _MB)})"))
+        report.append(line + ("" if limit is None else f" (limit {size_text(limit * MB)})"))
     if state.clients:
         from asgi_perf.testing import format_verdict
     for client in state.clients:
@@ -226,102 +223,3 @@ def _problems(
     if report:
         item.add_report_section("call", "asgi_perf", "\n".join(report))
     return problems
-
-
-def _size(nbytes: float) -> str:
-    """Bytes in MB, or KB below a tenth of a MB, as the budgets write them."""
-    value, unit = (nbytes / _MB, "MB") if nbytes >= _MB / 10 else (nbytes / 1024, "KB")
-    text = f"{value:.1f}" if value >= 10 else f"{value:.3g}"
-    return f"{text[:-2] if text.endswith('.0') else text} {unit}"
-
-
-class _MemoryWatch:
-    """The tracemalloc peak of a test body, and what was allocated near that peak.
-
-    A snapshot taken after the body is useless: the test's locals are freed
-    when it returns. So a daemon thread polls the traced size and the peak,
-    and takes a snapshot when the size first passes the limit, then again
-    each time it grows by another tenth, but never sooner than three times as
-    long as the last snapshot took (a process traced since start-up takes
-    seconds). A test under its limit only pays the polling.
-
-    A snapshot's list of traces is not itself traced, so keeping one does not
-    move the peak; its statistics are computed after the body.
-    """
-
-    def __init__(self, state: _TestState) -> None:
-        self._state = state
-        self._started = not tracemalloc.is_tracing()
-        if self._started:
-            tracemalloc.start()
-        # Only when tracing was on before: allocations older than the body are
-        # subtracted. The baseline is read after it, so its own size is not counted.
-        self._before = None if self._started else tracemalloc.take_snapshot()
-        self._baseline = traced_start()
-        self._peak = 0
-        self._snapshot: tracemalloc.Snapshot | None = None
-        self._snapshot_at = 0
-        self._next_snapshot = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="asgi_perf-memory", daemon=True)
-        self._thread.start()
-
-    def finish(self) -> int:
-        """Stop watching; the peak growth in bytes over the body."""
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-        if self._started:
-            tracemalloc.stop()
-        return self._peak
-
-    def top_sites(self, root: Path, peak: int) -> list[str]:
-        """The largest allocation sites near the peak, one line each; sites under
-        1 % of the peak (pytest, this plugin's thread) are noise and left out."""
-        if self._snapshot is None:
-            held = f"{_POLL_S * 1000:g} ms"
-            return [f"  (no allocation sites: the memory was held for less than {held})"]
-        if self._before is None:
-            stats = [(s.traceback[0], s.size, s.count) for s in self._snapshot.statistics("lineno")]
-        else:
-            diff = self._snapshot.compare_to(self._before, "lineno")
-            stats = [(s.traceback[0], s.size_diff, s.count_diff) for s in diff]
-        stats.sort(key=lambda s: -s[1])
-        sites = [s for s in stats if s[0].filename not in _NOT_THE_TESTS][:TOP_SITES]
-        lines = [f"  top allocation sites at {_size(self._snapshot_at)} (tracemalloc, by line):"]
-        for frame, size, count in sites:
-            if size >= peak / 100:
-                where = f"{_relative(frame.filename, root)}:{frame.lineno}"
-                lines.append(f"    {where}: {_size(size)} in {count} block{'s' * (count != 1)}")
-        return lines
-
-    def _poll(self) -> None:
-        while not self._stop.wait(_POLL_S):
-            self._sample()
-
-    def _sample(self) -> None:
-        if not tracemalloc.is_tracing():  # the test stopped it: nothing more to see
-            return
-        current, peak = tracemalloc.get_traced_memory()
-        grown = current - self._baseline
-        # Both: PerfMiddleware(tracemalloc=True) resets the peak on every request.
-        self._peak = max(self._peak, peak - self._baseline, grown)
-        limit = self._state.memory_limit_mb
-        if limit is None or grown <= limit * _MB or grown <= self._snapshot_at * 1.1:
-            return
-        start = time.monotonic()
-        if start < self._next_snapshot:
-            return
-        try:
-            self._snapshot = tracemalloc.take_snapshot()
-        except RuntimeError:  # tracing stopped between the check and the snapshot
-            return
-        self._snapshot_at = grown
-        self._next_snapshot = start + 3 * (time.monotonic() - start)
-
-
-def _relative(filename: str, root: Path) -> str:
-    try:
-        return str(Path(filename).relative_to(root))
-    except ValueError:
-        return filename
