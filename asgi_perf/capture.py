@@ -64,18 +64,15 @@ class Capture:
         repeats most of its neighbour's frames, so this is several times
         smaller and faster than spelling every frame out.
         """
-        index: dict[FrameId, int] = {}
-        stacks = []
-        for stack, t in self.stacks.items():
-            stacks.append([[index.setdefault(f, len(index)) for f in stack], t])
+        frames, stacks = indexed(self.stacks)
         return {
             "schema": 2,
             "engine": self.engine,
             "duration_s": self.duration_s,
             "exact_stacks": self.exact_stacks,
             "meta": self.meta,
-            "frames": [list(f) for f in index],
-            "stacks": stacks,
+            "frames": [list(f) for f in frames],
+            "stacks": [[ids, t] for ids, t in stacks],
             "pstats": None if self.pstats is None else _pstats_to_json(self.pstats),
             "session": self.session,
         }
@@ -125,6 +122,15 @@ def combine(captures: Iterable[Capture], meta: Mapping[str, Any] | None = None) 
     )
 
 
+def indexed(stacks: Mapping[Stack, float]) -> tuple[list[FrameId], list[tuple[list[int], float]]]:
+    """Each distinct frame once, and every stack as indexes into that list."""
+    index: dict[FrameId, int] = {}
+    out = []
+    for stack, t in stacks.items():
+        out.append(([index.setdefault(f, len(index)) for f in stack], t))
+    return list(index), out
+
+
 def pstats_key(frame: FrameId) -> PstatsKey:
     return (frame.file, frame.line, frame.function)
 
@@ -138,26 +144,16 @@ def stacks_to_pstats(stacks: Mapping[Stack, float]) -> PstatsDict:
     """
     # Functions become small ints first: a minute of a busy app is ~10^6
     # frames, and hashing an int is much cheaper than hashing a tuple.
-    index: dict[FrameId, int] = {}
-    funcs: list[PstatsKey] = []
-    self_s: list[float] = []
-    cum_s: list[float] = []
-    calls: list[int] = []
+    frames, indexed_stacks = indexed(stacks)
+    funcs = [pstats_key(frame) for frame in frames]
+    self_s = [0.0] * len(funcs)
+    cum_s = [0.0] * len(funcs)
+    calls = [0] * len(funcs)
     # callee << 32 | caller -> [calls, self s on top of this edge, cumulative s]
     edges: dict[int, list[float]] = {}
-    for stack, t in stacks.items():
-        if not stack:
+    for ids, t in indexed_stacks:
+        if not ids:
             continue
-        ids = []
-        for frame in stack:
-            i = index.get(frame)
-            if i is None:
-                i = index[frame] = len(funcs)
-                funcs.append(pstats_key(frame))
-                self_s.append(0.0)
-                cum_s.append(0.0)
-                calls.append(0)
-            ids.append(i)
         self_s[ids[-1]] += t
         for i in set(ids):
             cum_s[i] += t

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from asgi_perf.capture import Capture, FrameId
+from asgi_perf.capture import Capture, FrameId, indexed
 
 SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 
@@ -24,20 +24,10 @@ class SpeedscopeRenderer:
     def render(self, capture: Capture) -> bytes:
         from asgi_perf import __version__
 
-        index: dict[FrameId, int] = {}
-        frames: list[dict[str, Any]] = []
-        samples: list[list[int]] = []
-        weights: list[float] = []
-        for stack, seconds in capture.stacks.items():
-            sample = []
-            for frame in stack:
-                i = index.get(frame)
-                if i is None:
-                    i = index[frame] = len(frames)
-                    frames.append(_frame(frame))
-                sample.append(i)
-            samples.append(sample)
-            weights.append(seconds)
+        frame_ids, stacks = indexed(capture.stacks)
+        frames = [_frame(frame) for frame in frame_ids]
+        samples = [ids for ids, _ in stacks]
+        weights = [seconds for _, seconds in stacks]
         name = _name(capture)
         doc = {
             "$schema": SCHEMA,
