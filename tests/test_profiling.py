@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cpu_work import CHUNKS, alpha_work, beta_work, sync_work
 from fastapi import FastAPI
 from starlette.responses import JSONResponse
 
@@ -38,44 +39,6 @@ ID_HEADER = "x-perf-profile-id"
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
 REMOTE = ("203.0.113.7", 40000)
 UNKNOWN_ID = "0123456789abcdef"
-
-# Each work function burns CHUNK_S of CPU per call; endpoints call it CHUNKS
-# times and yield to the event loop in between, so concurrent requests interleave.
-CHUNKS = 5
-CHUNK_S = 0.004
-
-
-# --------------------------------------------------------------------------- the app
-
-
-def alpha_work() -> int:
-    """CPU work that only ``GET /alpha`` does."""
-    total = 0
-    deadline = time.perf_counter() + CHUNK_S
-    while time.perf_counter() < deadline:
-        for i in range(300):
-            total += i * i
-    return total
-
-
-def beta_work() -> int:
-    """CPU work that only ``GET /beta`` does."""
-    total = 0
-    deadline = time.perf_counter() + CHUNK_S
-    while time.perf_counter() < deadline:
-        for i in range(300):
-            total ^= i * 7
-    return total
-
-
-def sync_work() -> int:
-    """CPU work that only the ``def`` endpoint ``GET /sync`` does (in the threadpool)."""
-    total = 0
-    deadline = time.perf_counter() + CHUNK_S
-    while time.perf_counter() < deadline:
-        for i in range(300):
-            total -= i
-    return total
 
 
 class Overlap:
@@ -440,7 +403,7 @@ async def test_yappi_shows_a_def_endpoints_own_work(client_for, tmp_path):
         assert mentions(await collapsed_frames(client, pid), "sync_work")
 
 
-async def test_yappi_keeps_threadpool_work_apart_from_concurrent_async_work(client_for, tmp_path):
+async def test_yappi_keeps_threadsync_work_apart_from_concurrent_async_work(client_for, tmp_path):
     mw = perf(engine="yappi", max_concurrent_profiles=64)
     paths = ["/sync", "/alpha"] * 4
     async with client_for(mw) as client:

@@ -16,7 +16,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from cpu_work import CHUNKS, alpha_work, beta_work, sync_work
 from fastapi import FastAPI
 
 from asgi_perf import PerfMiddleware
@@ -31,38 +31,6 @@ from asgi_perf import PerfMiddleware
 ID_HEADER = "x-perf-profile-id"
 PROFILE = {"X-Perf-Profile": "1"}
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
-CHUNKS = 5
-CHUNK_S = 0.004
-
-
-def alpha_work() -> int:
-    """CPU work that only ``GET /alpha`` does."""
-    total = 0
-    deadline = time.perf_counter() + CHUNK_S
-    while time.perf_counter() < deadline:
-        for i in range(300):
-            total += i * i
-    return total
-
-
-def beta_work() -> int:
-    """CPU work that only ``GET /beta`` does."""
-    total = 0
-    deadline = time.perf_counter() + CHUNK_S
-    while time.perf_counter() < deadline:
-        for i in range(300):
-            total ^= i * 7
-    return total
-
-
-def pool_work() -> int:
-    """CPU work of the ``def`` endpoint ``GET /sync``, run in Starlette's threadpool."""
-    total = 0
-    deadline = time.perf_counter() + CHUNK_S
-    while time.perf_counter() < deadline:
-        for i in range(300):
-            total -= i
-    return total
 
 
 def build_app() -> FastAPI:
@@ -86,7 +54,7 @@ def build_app() -> FastAPI:
 
     @app.get("/sync")
     def sync_endpoint() -> dict[str, int]:
-        return {"sync": sum(pool_work() for _ in range(CHUNKS))}
+        return {"sync": sum(sync_work() for _ in range(CHUNKS))}
 
     return app
 
@@ -173,12 +141,12 @@ async def test_a_window_as_svg(live_server, client_for):
     assert "alpha_work" in response.text
 
 
-async def test_a_yappi_window_sees_threadpool_work(live_server, client_for, tmp_path):
+async def test_a_yappi_window_sees_threadsync_work(live_server, client_for, tmp_path):
     server = live_server(PerfMiddleware(build_app()))
     async with client_for(server.url) as client, client_for(server.url) as load:
         response = await window_under_load(client, load, "/sync", seconds=1, engine="yappi")
     assert_download(response)
-    assert "pool_work" in function_names(load_stats(response.content, tmp_path))
+    assert "sync_work" in function_names(load_stats(response.content, tmp_path))
 
 
 async def test_a_client_that_hangs_up_aborts_the_window(live_server, client_for, eventually):
@@ -260,7 +228,7 @@ async def test_a_yappi_request_profile_shows_a_def_endpoints_work(
         response = await client.get("/sync", headers=PROFILE)
         pid = response.headers[ID_HEADER]
         prof = await client.get(f"/_perf/profiles/{pid}.prof")
-    assert "pool_work" in function_names(load_stats(prof.content, tmp_path))
+    assert "sync_work" in function_names(load_stats(prof.content, tmp_path))
 
 
 # --------------------------------------------------------------------------- lifespan
