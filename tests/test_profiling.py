@@ -14,7 +14,6 @@ import hashlib
 import json
 import pstats
 import re
-import secrets
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -25,6 +24,7 @@ import httpx
 import pytest
 from cpu_work import CHUNKS, alpha_work, beta_work, sync_work
 from fastapi import FastAPI
+from helpers import function_names, load_stats
 from starlette.responses import JSONResponse
 
 from asgi_perf import ConfigError, PerfMiddleware
@@ -130,16 +130,6 @@ def profile_id_of(response: httpx.Response) -> str:
 async def profiled(client: httpx.AsyncClient, path: str, **headers: str) -> str:
     """GET ``path`` asking for a profile; the profile's id."""
     return profile_id_of(await client.get(path, headers={**PROFILE, **headers}))
-
-
-def load_stats(data: bytes, tmp_path: Path) -> pstats.Stats:
-    path = tmp_path / f"{secrets.token_hex(8)}.prof"
-    path.write_bytes(data)
-    return pstats.Stats(str(path))
-
-
-def function_names(stats: pstats.Stats) -> set[str]:
-    return {name for (_file, _line, name) in stats.stats}  # type: ignore[attr-defined]
 
 
 async def prof_functions(

@@ -12,12 +12,10 @@ import asyncio
 import contextlib
 import pstats
 import re
-import secrets
 import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +23,7 @@ import httpx
 import pytest
 from cpu_work import CHUNKS, alpha_work, beta_work, sync_work
 from fastapi import FastAPI
+from helpers import function_names, load_stats, perf_middleware_of
 
 from asgi_perf import PerfMiddleware
 
@@ -57,16 +56,6 @@ def build_app() -> FastAPI:
         return {"sync": sum(sync_work() for _ in range(CHUNKS))}
 
     return app
-
-
-def load_stats(data: bytes, tmp_path: Path) -> pstats.Stats:
-    path = tmp_path / f"{secrets.token_hex(8)}.prof"
-    path.write_bytes(data)
-    return pstats.Stats(str(path))
-
-
-def function_names(stats: pstats.Stats) -> set[str]:
-    return {name for (_file, _line, name) in stats.stats}  # type: ignore[attr-defined]
 
 
 def assert_download(response: httpx.Response) -> None:
@@ -232,16 +221,6 @@ async def test_a_yappi_request_profile_shows_a_def_endpoints_work(
 
 
 # --------------------------------------------------------------------------- lifespan
-
-
-def perf_middleware_of(app: Any) -> PerfMiddleware:
-    """The PerfMiddleware instance inside a Starlette app's built middleware stack."""
-    layer = app.middleware_stack
-    while layer is not None:
-        if isinstance(layer, PerfMiddleware):
-            return layer
-        layer = getattr(layer, "app", None)
-    raise AssertionError("no PerfMiddleware in the stack")
 
 
 @pytest.mark.parametrize("wiring", ["wrapped", "add_middleware"])

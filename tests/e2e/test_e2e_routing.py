@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from helpers import perf_middleware_of
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -109,16 +110,6 @@ async def test_perf_api_is_reachable_when_uvicorn_has_a_root_path(live_server, f
         response = await client.get("/_perf/stats")
     assert response.status_code == 200, response.text
     assert counts(response.json()) == {"GET /items/{item_id}": 1}
-
-
-def perf_middleware_of(app: Any) -> PerfMiddleware:
-    """The PerfMiddleware instance inside a Starlette app's built middleware stack."""
-    layer = app.middleware_stack
-    while layer is not None:
-        if isinstance(layer, PerfMiddleware):
-            return layer
-        layer = getattr(layer, "app", None)
-    raise AssertionError("no PerfMiddleware in the stack")
 
 
 async def test_ten_thousand_unknown_paths_share_one_key_and_the_snapshot_stays_small(
