@@ -25,6 +25,7 @@ from asgi_perf.cli_common import (
     verdict_text,
 )
 from asgi_perf.errors import ConfigError
+from asgi_perf.units import number_text
 
 
 def cmd_check(args: argparse.Namespace, io: IO) -> int:
@@ -103,9 +104,7 @@ def _value(metric: str, value: Any) -> str:
     if metric == "error_rate":
         return f"{value * 100:.2f}%"
     unit = " MB" if metric == "max_mb" else " ms"
-    # 100 and 43.4 and 0.405: no trailing zeros, no more digits than meaningful.
-    text = f"{value:.1f}".rstrip("0").rstrip(".") if abs(value) >= 10 else f"{value:.3g}"
-    return text + unit
+    return number_text(value) + unit
 
 
 def write_junit(path: Path, verdicts: list[dict[str, Any]], source: str) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from asgi_perf.memory import traced_start
+from asgi_perf.units import number_text
 
 TOP_SITES = 5
 MB = float(1 << 20)
@@ -25,8 +26,7 @@ _NOT_THE_TESTS = frozenset({tracemalloc.__file__, __file__, _PLUGIN_FILE, "<unkn
 def size_text(nbytes: float) -> str:
     """Bytes in MB, or KB below a tenth of a MB, as the budgets write them."""
     value, unit = (nbytes / MB, "MB") if nbytes >= MB / 10 else (nbytes / 1024, "KB")
-    text = f"{value:.1f}" if value >= 10 else f"{value:.3g}"
-    return f"{text[:-2] if text.endswith('.0') else text} {unit}"
+    return f"{number_text(value)} {unit}"
 
 
 class MemoryWatch:

@@ -24,6 +24,7 @@ from asgi_perf._types import ASGIApp, Receive, Scope, Send
 from asgi_perf.budgets import Budget, BudgetSet, load_budgets
 from asgi_perf.config import PerfConfig
 from asgi_perf.middleware import PerfMiddleware
+from asgi_perf.units import number_text
 
 __all__ = [
     "DEFAULT_MIN_SAMPLES",
@@ -54,7 +55,7 @@ def format_verdict(verdict: Mapping[str, Any]) -> str:
     metric = verdict["metric"]
     unit = _UNITS.get(metric, " ms")
     scale = 100.0 if metric == "error_rate" else 1.0
-    limit = f"limit {_num(verdict['limit'] * scale)}{unit}"
+    limit = f"limit {number_text(verdict['limit'] * scale)}{unit}"
     samples = verdict["samples"]
     counted = f"{samples} sample{'' if samples == 1 else 's'}"
     if verdict["pattern"] != verdict["route"]:
@@ -63,7 +64,7 @@ def format_verdict(verdict: Mapping[str, Any]) -> str:
     if verdict["verdict"] == "insufficient" or verdict["measured"] is None:
         return f"{head} not enough samples ({counted}), {limit}"
     relation = ">" if verdict["verdict"] == "fail" else "<="
-    return f"{head} {_num(verdict['measured'] * scale)}{unit} {relation} {limit} ({counted})"
+    return f"{head} {number_text(verdict['measured'] * scale)}{unit} {relation} {limit} ({counted})"
 
 
 def check_budgets(
@@ -228,8 +229,3 @@ def _as_table(budgets: BudgetSet) -> dict[str, Any]:
             fields["min_samples"] = b.min_samples
         table[b.pattern] = fields
     return table
-
-
-def _num(value: float) -> str:
-    text = f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
-    return text[:-2] if text.endswith(".0") else text

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 from asgi_perf.errors import ConfigError
 
-__all__ = ["parse_duration_ms", "parse_rate", "parse_size_mb"]
+__all__ = ["number_text", "parse_duration_ms", "parse_rate", "parse_size_mb"]
 
 _QUANTITY_RE = re.compile(
     r"^\s*(?P<num>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>[^\d\s.+-]*)\s*$"
@@ -87,3 +87,12 @@ def _parse(value: object, name: str, units: Mapping[str, float], expected: str) 
     if number < 0:
         raise ConfigError(f"{name}: must be >= 0, got {value!r}")
     return number
+
+
+def number_text(value: float) -> str:
+    """A measured number for people: ``100``, ``43.4``, ``0.405``.
+
+    One decimal from 10 up, three significant digits below, no trailing zeros.
+    """
+    text = f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    return text[:-2] if text.endswith(".0") else text

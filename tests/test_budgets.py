@@ -9,7 +9,7 @@ import pytest
 
 from asgi_perf.budgets import METRICS, Budget, BudgetSet, load_budgets
 from asgi_perf.errors import ConfigError
-from asgi_perf.units import parse_duration_ms, parse_rate, parse_size_mb
+from asgi_perf.units import number_text, parse_duration_ms, parse_rate, parse_size_mb
 
 
 def route(
@@ -445,3 +445,11 @@ def test_check_covers_many_routes_and_patterns() -> None:
 
 def test_metrics_contract() -> None:
     assert METRICS == ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "max_mb", "error_rate")
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(100.0, "100"), (43.44, "43.4"), (0.4051, "0.405"), (5.0, "5"), (-152.0, "-152"), (0, "0")],
+)
+def test_number_text_keeps_the_digits_that_mean_something(value: float, text: str) -> None:
+    assert number_text(value) == text
