@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
+from asgi_perf.client import PerfClient, PerfClientError
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = "examples/shop/locustfile.py"
@@ -77,12 +77,6 @@ def free_port() -> int:
         return port
 
 
-def perf_headers() -> dict[str, str]:
-    # An operator may have set a token for the app; the demo must pass it too.
-    token = os.environ.get("ASGI_PERF_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
 def start_server(port: int) -> subprocess.Popen[bytes]:
     # Starlette builds the middleware stack on the first ASGI call, so a bad
     # asgi_perf option raises during lifespan startup; "--lifespan on" makes
@@ -99,22 +93,20 @@ def wait_until_up(server: subprocess.Popen[bytes], base_url: str, perf: str) -> 
     """Seconds until the server answered HTTP; exits 1 if it dies or takes too long."""
     started = time.monotonic()
     deadline = started + STARTUP_TIMEOUT_S
-    with httpx.Client(base_url=base_url, trust_env=False, timeout=1.0) as client:
+    # The token, if an operator set one for the app, comes from ASGI_PERF_TOKEN.
+    with PerfClient(base_url, prefix=perf, timeout=1.0) as client:
         while time.monotonic() < deadline:
             code = server.poll()
             if code is not None:
                 sys.exit(f"demo: uvicorn exited with code {code} before answering (see above)")
             try:
-                # The /_perf index: a request there is not counted in the stats.
-                response = client.get(f"{perf}/", headers=perf_headers())
-            except httpx.TransportError:
-                time.sleep(0.1)
+                # A /_perf request is not counted in the stats.
+                client.budgets()
+            except PerfClientError as exc:
+                if exc.status is not None:
+                    sys.exit(f"demo: {exc}")
+                time.sleep(0.1)  # not listening yet
                 continue
-            if response.status_code != 200:
-                sys.exit(
-                    f"demo: GET {perf}/ answered {response.status_code}, not 200: "
-                    f"{response.text[:200]}"
-                )
             return time.monotonic() - started
     sys.exit(f"demo: uvicorn did not answer on {base_url} within {STARTUP_TIMEOUT_S:.0f} s")
 
@@ -141,9 +133,8 @@ def run_locust(base_url: str, scale: float) -> int | None:
         "--host", base_url, "--perf-results", RESULTS, "--perf-engine", "yappi",
         "--only-summary", "-t", f"{cap_s}s",
     ]  # fmt: skip
-    token = os.environ.get("ASGI_PERF_TOKEN")
-    if token:
-        command += ["--perf-token", token]
+    # --perf-token and --perf-prefix default to ASGI_PERF_TOKEN and
+    # ASGI_PERF_PREFIX, which Locust inherits with the environment.
     # Locust inherits stdout and stderr, so its summary and the plugin's budget
     # report appear as they would in a terminal; no stdin, so Locust's
     # keyboard listener leaves the demo's terminal alone.
@@ -165,13 +156,13 @@ def newest_run_dir(since: float) -> Path | None:
     return max(runs, key=lambda p: p.stat().st_mtime, default=None)
 
 
-def fetch_json(base_url: str, path: str) -> dict[str, Any]:
-    with httpx.Client(base_url=base_url, trust_env=False, timeout=10.0) as client:
-        response = client.get(path, headers=perf_headers())
-    if response.status_code != 200:
-        sys.exit(f"demo: GET {path} answered {response.status_code}: {response.text[:200]}")
-    data: dict[str, Any] = response.json()
-    return data
+def fetch_results(base_url: str, perf: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The app's stats snapshot and budget verdicts; exits 1 if it cannot get them."""
+    try:
+        with PerfClient(base_url, prefix=perf, timeout=10.0) as client:
+            return client.stats(), client.budgets()
+    except PerfClientError as exc:
+        sys.exit(f"demo: {exc}")
 
 
 def _num(value: Any, spec: str = ".1f") -> str:
@@ -316,8 +307,7 @@ def main() -> int:
         exit_code = run_locust(base_url, scale)
         load_s = time.monotonic() - load_began
         # Read before stopping: the numbers live in the server process.
-        stats = fetch_json(base_url, f"{perf}/stats")
-        budgets = fetch_json(base_url, f"{perf}/budgets")
+        stats, budgets = fetch_results(base_url, perf)
     finally:
         stop(server)
 
