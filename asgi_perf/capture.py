@@ -25,6 +25,8 @@ class FrameId(NamedTuple):
 
 
 Stack = tuple[FrameId, ...]
+# What a stored profile was taken of (``meta["kind"]``).
+PROFILE_KINDS = ("request", "window", "lifespan")
 # pstats' own layout: func -> (primitive calls, calls, self s, cumulative s, callers),
 # callers: func -> (calls, primitive calls, self s, cumulative s) -- cProfile puts the
 # two counts the other way round there, and pstats reads them so.

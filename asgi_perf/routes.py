@@ -12,6 +12,7 @@ Raw paths never become keys: what cannot be resolved to a template is
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from asgi_perf._types import Scope
@@ -64,30 +65,53 @@ class RouteKeys:
     The memo is keyed by the identity of what the framework matched (the
     FastAPI effective route, else the route), the method and the root path,
     which together fix the template; it stops growing at a bound, after
-    which keys are still right, only not memoised.
+    which keys are still right, only not memoised. ``key`` is the one
+    function that names a request; with a ``route_key`` option it is that
+    callable (guarded) instead, chosen once here.
     """
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(
+        self,
+        route_key: Callable[[Scope], str] | None = None,
+        on_error: Callable[[str, BaseException], None] | None = None,
+        max_entries: int = 10_000,
+    ) -> None:
         self.memo: dict[tuple[int, str, str], tuple[object, str]] = {}
         self._max = max_entries
         self._mounts = MountIndex()
+        self._custom = route_key
+        self._on_error = on_error
+        if route_key is not None:
+            self.key = self._custom_key  # type: ignore[method-assign]
 
-    @staticmethod
-    def identity(scope: Scope) -> object:
-        """The object whose template names this request (None: no route).
-
-        PerfMiddleware._key inlines this on the hot path; keep them alike.
-        """
+    def key(self, scope: Scope) -> str:
+        """The key of a request the app has handled (routing wrote the scope)."""
         route = scope.get("route")
+        if route is None:
+            return UNMATCHED
+        ident = route
         fastapi_scope = scope.get("fastapi")
-        if route is not None and fastapi_scope is not None:
+        if fastapi_scope:
             context = fastapi_scope.get(FASTAPI_CONTEXT_KEY)
             if context is not None and context.original_route is route:
-                return context
-        return route
+                ident = context
+        hit = self.memo.get((id(ident), scope["method"], scope.get("root_path", "")))
+        if hit is not None:
+            return hit[1]
+        # Starlette's mounts keep the root path they started from; without a
+        # mount the root path is still the one the middleware saw.
+        return self._resolve(scope, ident, scope.get("app_root_path", scope.get("root_path", "")))
 
-    def resolve(self, scope: Scope, entry_root_path: str) -> str:
-        """The key of ``scope``, computed and memoised (the slow path)."""
+    def _custom_key(self, scope: Scope) -> str:
+        try:
+            return str(self._custom(scope)) or UNMATCHED  # type: ignore[misc]
+        except Exception as exc:
+            if self._on_error is not None:
+                self._on_error("route_key", exc)
+            return UNMATCHED
+
+    def _resolve(self, scope: Scope, ident: object, entry_root_path: str) -> str:
+        """Compute and memoise the key of ``scope`` (the slow path)."""
         template = route_template(scope, entry_root_path, self._mounts)
         method = scope["method"]
         # A client may send any token as a method (a 405 still matches the
@@ -96,10 +120,9 @@ class RouteKeys:
             key = UNMATCHED
         else:
             key = f"{method} {template}"
-        ident = self.identity(scope)
-        if ident is not None and len(self.memo) < self._max:
+        if len(self.memo) < self._max:
             # The object is kept with its key so its id cannot be reused.
-            memo_key = (id(ident), scope["method"], scope.get("root_path", ""))
+            memo_key = (id(ident), method, scope.get("root_path", ""))
             self.memo[memo_key] = (ident, key)
         return key
 

@@ -16,14 +16,11 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asgi_perf.capture import Capture
 from asgi_perf.engines import Engine, Recording
-
-if TYPE_CHECKING:
-    from asgi_perf.middleware import PerfMiddleware
-
+from asgi_perf.storage import ProfileStore
 
 _IDLE_WAIT_S = 5.0
 
@@ -64,13 +61,25 @@ class Window:
 
 
 class Windows:
-    """The one running window of a middleware, and how it ends."""
+    """The one running window of a process, and how it ends."""
 
-    def __init__(self, mw: PerfMiddleware, engine: Callable[[str], Engine]) -> None:
-        self._mw = mw
+    def __init__(
+        self,
+        engine: Callable[[str], Engine],
+        store: ProfileStore,
+        *,
+        max_seconds: int,
+        interval_ms: float,
+        requests_active: Callable[[], int],
+        on_error: Callable[[str, BaseException], None],
+    ) -> None:
         self._engine = engine
+        self._store = store
+        self._interval_ms = interval_ms
+        self._requests_active = requests_active
+        self._on_error = on_error
         self.current: Window | None = None
-        self.max_seconds = mw.config.max_window_seconds
+        self.max_seconds = max_seconds
         self.completed = 0
         self.aborted = 0
         self._starting = 0
@@ -91,15 +100,12 @@ class Windows:
         """
         if self.current is not None:
             raise WindowBusy(self.current)
-        requests = self._mw.requests
         self._starting += 1
         try:
             deadline = time.monotonic() + _IDLE_WAIT_S
-            while requests is not None and requests.active:
+            while active := self._requests_active():
                 if time.monotonic() > deadline:
-                    raise EngineBusy(
-                        f"{requests.active} request profile(s) still running; try again"
-                    )
+                    raise EngineBusy(f"{active} request profile(s) still running; try again")
                 await asyncio.sleep(0.01)
             return self.start(engine, seconds, tag=tag)
         finally:
@@ -117,7 +123,7 @@ class Windows:
         """Start a window; ``seconds`` None means until stopped (lifespan)."""
         if self.current is not None:
             raise WindowBusy(self.current)
-        interval_s = (interval_ms or self._mw.config.profile_interval_ms) / 1000
+        interval_s = (interval_ms or self._interval_ms) / 1000
         recording = self._engine(engine).start_window(interval_s)
         if recording is None:
             raise EngineBusy(f"engine {engine!r} is busy profiling requests; try again")
@@ -152,7 +158,7 @@ class Windows:
         try:
             capture = window.recording.stop()
         except Exception as exc:
-            self._mw.internal_error("window_stop", exc)
+            self._on_error("window_stop", exc)
             return None
         ended = time.time()
         capture.meta.update(
@@ -171,11 +177,11 @@ class Windows:
         )
         self.completed += 1
         self.last_capture = capture
-        stored = self._mw.store.add(capture, keep=True)
+        stored = self._store.add(capture, keep=True)
         if stored is None:
             # Too big for max_profile_bytes: still answered, not kept.
             return {**capture.meta, "stored": False}
-        return {**self._mw.store.meta(stored), "stored": True}
+        return {**self._store.meta(stored), "stored": True}
 
     def abort(self, window_id: str) -> None:
         """End the window and keep nothing (its client went away)."""

@@ -16,10 +16,8 @@ from typing import Any
 
 from starlette.responses import HTMLResponse, Response
 
+from asgi_perf.api._http import SECURITY_HEADERS, BadRequest
 from asgi_perf.capture import Capture, PstatsDict
-from asgi_perf.endpoints import BadRequest
-
-_SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 class _RawStats:
@@ -59,7 +57,7 @@ def snakeviz_page(capture: Capture, profile_id: str, static_url: str) -> Respons
     # Its template links its assets at the root of its own server.
     for quote in ('"', "'"):
         text = text.replace(f"{quote}/static/", f"{quote}{static_url}/")
-    return HTMLResponse(text, headers=_SECURITY_HEADERS)
+    return HTMLResponse(text, headers=SECURITY_HEADERS)
 
 
 @lru_cache(maxsize=1)

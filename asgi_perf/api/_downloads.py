@@ -1,0 +1,92 @@
+"""What the profile and window endpoints share: finding a profile, sending a file.
+
+Formats come from ``asgi_perf.renderers``: headers are derived from each
+renderer's attributes, never from the format's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from asgi_perf.api._http import SECURITY_HEADERS, BadRequest
+from asgi_perf.capture import Capture
+from asgi_perf.renderers import RENDERERS, NotRenderable, Renderer
+from asgi_perf.storage import ID_RE, ProfileStore, route_slug
+
+_ALIASES = ("latest", "slowest")
+
+
+class Downloads:
+    """Profiles of one store, as JSON descriptions and rendered files."""
+
+    def __init__(self, store: ProfileStore, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix
+
+    def links(self, profile_id: str) -> dict[str, str]:
+        base = f"{self.prefix}/profiles/{profile_id}"
+        out = {fmt: f"{base}{r.file_extension}" for fmt, r in RENDERERS.items()}
+        out["snakeviz"] = f"{base}/snakeviz"
+        return out
+
+    def described(self, meta: dict[str, Any]) -> dict[str, Any]:
+        return {"schema": 1, **meta, "links": self.links(meta["id"])}
+
+    def resolve(self, request: Request, ref: str) -> str:
+        """A profile id from an id, ``latest`` or ``slowest`` (``?route=``)."""
+        store = self.store
+        route = request.query_params.get("route")
+        if ref in _ALIASES:
+            found = store.latest(route) if ref == "latest" else store.slowest(route)
+            if found is None:
+                where = f" for route {route!r}" if route else ""
+                raise BadRequest(404, f"no profiles{where} yet")
+            return found
+        if not ID_RE.match(ref):
+            raise BadRequest(400, f"{ref!r} is not a profile id (16 hex digits, latest or slowest)")
+        try:
+            store.meta(ref)
+        except KeyError:
+            raise BadRequest(404, f"no profile {ref} (evicted, or never stored)") from None
+        return ref
+
+    async def send(
+        self, capture: Capture, r: Renderer, name: str, profile_id: str | None
+    ) -> Response:
+        """``capture`` rendered by ``r``, as an attachment called ``name``."""
+        # A long window takes a while to render: not on the event loop.
+        try:
+            if profile_id:
+                body = await run_in_threadpool(self.store.rendered, profile_id, r.format, r.render)
+            else:
+                body = await run_in_threadpool(r.render, capture)
+        except NotRenderable as exc:
+            raise BadRequest(400, str(exc), parameter="format") from None
+        headers = {
+            **SECURITY_HEADERS,
+            "Content-Disposition": f'attachment; filename="{name}{r.file_extension}"',
+        }
+        if profile_id:
+            headers["X-Perf-Profile-Id"] = profile_id
+        return Response(body, media_type=r.media_type, headers=headers)
+
+    async def send_stored(self, profile_id: str, r: Renderer) -> Response:
+        meta = self.store.meta(profile_id)
+        return await self.send(self.store.get(profile_id), r, file_stem(meta), profile_id)
+
+
+def renderer(fmt: str) -> Renderer:
+    found = RENDERERS.get(fmt)
+    if found is None:
+        known = ", ".join(sorted(RENDERERS))
+        raise BadRequest(400, f"unknown format {fmt!r} (formats: {known})", parameter="format")
+    return found
+
+
+def file_stem(meta: dict[str, Any]) -> str:
+    """The download name of a profile: its route's slug and its id."""
+    return f"{route_slug(str(meta.get('route') or 'profile'))}-{meta['id']}"

@@ -1,0 +1,87 @@
+"""Spec section 7: the one gate in front of ``/_perf`` and ``X-Perf-Profile``."""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from starlette.responses import Response
+
+from asgi_perf._types import Scope
+from asgi_perf.api._http import error_response
+
+_FORWARDED = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+
+
+def is_loopback(scope: Scope) -> bool:
+    """A direct loopback client; a forwarding header means a proxy is in between."""
+    client = scope.get("client")
+    if not client:
+        return False
+    for name, _ in scope.get("headers", ()):
+        if name.lower() in _FORWARDED:
+            return False
+    try:
+        addr = ipaddress.ip_address(str(client[0]).split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def bearer_token(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+class Gate:
+    """Who may read ``/_perf`` (and ask for profiles by header)."""
+
+    def __init__(
+        self,
+        token: str | None,
+        authorize: Callable[[Scope], Any] | None,
+        on_error: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        self._token = token.encode() if token else None
+        self._authorize = authorize
+        self._on_error = on_error
+
+    async def allows(self, scope: Scope) -> bool:
+        return await self.check(scope) is None
+
+    async def check(self, scope: Scope) -> Response | None:
+        """None when allowed, else the response to send."""
+        if self._authorize is not None:
+            try:
+                allowed = self._authorize(scope)
+                if inspect.isawaitable(allowed):
+                    allowed = await allowed
+            except Exception as exc:
+                # A broken hook must fail closed, and not as a 500 page.
+                if self._on_error is not None:
+                    self._on_error("authorize", exc)
+                return error_response(403, "forbidden: the authorize hook raised an error")
+            return None if allowed else error_response(403, "forbidden by the authorize hook")
+        if self._token is not None:
+            given = bearer_token(scope)
+            # latin-1 gives back the header's own bytes, so a UTF-8 token matches.
+            if given is not None and hmac.compare_digest(given.encode("latin-1"), self._token):
+                return None
+            return error_response(
+                401,
+                "a valid 'Authorization: Bearer <token>' header is required",
+                headers={"WWW-Authenticate": 'Bearer realm="asgi_perf"'},
+            )
+        if is_loopback(scope):
+            return None
+        return error_response(
+            403, "asgi_perf answers loopback clients only; configure a token for remote access"
+        )

@@ -1,0 +1,49 @@
+"""The index, stats, budgets and reset endpoints."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from asgi_perf.api._http import SECURITY_HEADERS, AddRoute, json_response, query_bool
+from asgi_perf.core import PerfCore
+
+
+def add_stats_routes(add: AddRoute, core: PerfCore) -> None:
+    prefix = core.config.prefix
+
+    async def index(request: Request) -> Response:
+        p = prefix
+        endpoints = {
+            "stats": f"GET {p}/stats",
+            "budgets": f"GET {p}/budgets",
+            "reset": f"POST {p}/reset",
+            "profile": f"GET {p}/profile?seconds=30&engine=pyinstrument&format=prof",
+            "windows": f"POST {p}/windows?seconds=300 ; POST {p}/windows/{{id}}/stop",
+            "profiles": f"GET {p}/profiles?route=&kind=&tag=&limit=",
+            "profile_file": f"GET {p}/profiles/{{id|latest|slowest}}.{{prof,svg,html,"
+            "speedscope.json,collapsed}",
+            "merged": f"GET {p}/profiles/merged.prof?route=GET /path or ?ids=a,b",
+            "snakeviz": f"GET {p}/profiles/{{id}}/snakeviz",
+        }
+        if "text/html" in request.headers.get("accept", ""):
+            rows = "".join(f"<li><code>{v}</code></li>" for v in endpoints.values())
+            return HTMLResponse(
+                f"<!doctype html><title>asgi_perf</title><h1>asgi_perf</h1><ul>{rows}</ul>",
+                headers=dict(SECURITY_HEADERS),
+            )
+        return json_response({"schema": 1, "endpoints": endpoints})
+
+    async def stats(request: Request) -> Response:
+        return json_response(core.snapshot(histograms=query_bool(request, "histograms")))
+
+    async def budgets(request: Request) -> Response:
+        return json_response(core.budgets.check(core.snapshot()))
+
+    async def reset(request: Request) -> Response:
+        return json_response(core.reset())
+
+    add(r"/", {"GET": index})
+    add(r"/stats", {"GET": stats}, ("histograms",))
+    add(r"/budgets", {"GET": budgets})
+    add(r"/reset", {"POST": reset})

@@ -1,0 +1,147 @@
+"""Time windows over HTTP: ``GET /profile?seconds=N`` and ``/windows``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from asgi_perf.api._downloads import Downloads, file_stem, renderer
+from asgi_perf.api._http import AddRoute, BadRequest, json_response
+from asgi_perf.core import PerfCore
+from asgi_perf.engines import ENGINES
+from asgi_perf.storage import ID_RE
+from asgi_perf.window import EngineBusy, Window, WindowBusy
+
+
+def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
+    cfg = core.config
+    prefix = cfg.prefix
+    windows, store = core.windows, core.store
+
+    def window_args(request: Request) -> tuple[str, str | None]:
+        engine = request.query_params.get("engine", cfg.engine)
+        if engine not in ENGINES:
+            raise BadRequest(
+                400,
+                f"unknown engine {engine!r} (engines: {', '.join(sorted(ENGINES))})",
+                parameter="engine",
+            )
+        tag = request.query_params.get("tag")
+        return engine, tag[:64] if tag else None
+
+    def seconds_arg(request: Request, default: float | None) -> float:
+        raw = request.query_params.get("seconds")
+        if raw is None:
+            if default is None:
+                raise BadRequest(400, "parameter 'seconds' is required", parameter="seconds")
+            return default
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = float("nan")
+        if not 1 <= seconds <= cfg.max_window_seconds:
+            raise BadRequest(
+                400,
+                f"parameter 'seconds' must be a number from 1 to {cfg.max_window_seconds}, "
+                f"got {raw!r}",
+                parameter="seconds",
+            )
+        return seconds
+
+    async def start_window(request: Request, seconds: float) -> Window:
+        engine, tag = window_args(request)
+        try:
+            return await windows.start_when_idle(engine, seconds, tag=tag)
+        except WindowBusy as busy:
+            w = busy.window
+            raise BadRequest(
+                409,
+                f"a profile window ({w.id}, {w.engine}) is running until {w.ends_at}",
+                running=w.info(),
+            ) from None
+        except EngineBusy as exc:
+            raise BadRequest(409, str(exc)) from None
+
+    async def profile(request: Request) -> Response:
+        seconds = seconds_arg(request, None)
+        r = renderer(request.query_params.get("format", "prof"))
+        window = await start_window(request, seconds)
+        done = asyncio.ensure_future(asyncio.sleep(seconds))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            client_left = gone.done() and not gone.cancelled()
+            for task in (done, gone):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            if client_left or not done.done():
+                # Nobody waits for the file (or we were cancelled): keep
+                # nothing half-made.
+                windows.abort(window.id)
+        if client_left:
+            # The client is gone; uvicorn drops whatever is sent now.
+            return Response(status_code=499)
+        meta: dict[str, Any] | None = windows.stop(window.id)
+        if meta is None:
+            # The time limit (or a stop request) ended it first.
+            try:
+                meta = {**store.meta(window.id), "stored": True}
+            except KeyError:
+                meta = None
+        capture = windows.last_capture
+        if meta is not None and meta["stored"]:
+            return await files.send_stored(meta["id"], r)
+        if capture is not None and capture.meta.get("id") == window.id:
+            # Larger than the store may hold: served once, not kept.
+            return await files.send(capture, r, file_stem(capture.meta), None)
+        raise BadRequest(409, "the window ended without a profile (see the server log)")
+
+    async def windows_list(request: Request) -> Response:
+        return json_response({"schema": 1, **windows.stats()})
+
+    async def windows_start(request: Request) -> Response:
+        seconds = seconds_arg(request, float(cfg.max_window_seconds))
+        window = await start_window(request, seconds)
+        body = {
+            "schema": 1,
+            **window.info(),
+            "stop": f"POST {prefix}/windows/{window.id}/stop",
+            "profile": f"{prefix}/profiles/{window.id}",
+        }
+        return json_response(body, 201)
+
+    async def windows_stop(request: Request) -> Response:
+        window_id = request.path_params["wid"]
+        if not ID_RE.match(window_id):
+            raise BadRequest(400, f"{window_id!r} is not a window id")
+        meta = windows.stop(window_id)
+        if meta is None:
+            # Already ended (its time limit, or an earlier stop): answer with
+            # what it stored, so a stop racing the limit is not an error.
+            try:
+                meta = store.meta(window_id)
+            except KeyError:
+                meta = None
+            if meta is None or meta.get("kind") not in ("window", "lifespan"):
+                raise BadRequest(404, f"no window {window_id}") from None
+        if not meta.get("stored", True):
+            return json_response({**meta, "error": "larger than max_profile_bytes: not kept"}, 200)
+        return json_response(files.described(meta))
+
+    add(r"/profile", {"GET": profile}, ("seconds", "engine", "format", "tag"))
+    add(r"/windows", {"GET": windows_list, "POST": windows_start}, ("seconds", "engine", "tag"))
+    add(r"/windows/(?P<wid>[^/]+)/stop", {"POST": windows_stop})
+
+
+async def _disconnected(request: Request) -> bool:
+    """True when the client goes away; waits for it otherwise."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return True
