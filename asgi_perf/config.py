@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgi_perf._types import Scope
+from asgi_perf.engines import check_engine_name
 from asgi_perf.errors import ConfigError
 
 RouteKeyFunc = Callable[[Scope], str]
@@ -73,8 +74,6 @@ class PerfConfig:
         _check_int("min_samples", self.min_samples, 0, 10**9)
         _check_int("recent_window_s", self.recent_window_s, 10, 3600)
         _check_int("memory_sample_every", self.memory_sample_every, 1, 1_000_000)
-        from asgi_perf.engines import check_engine_name
-
         check_engine_name(self.engine)
         _check_bool("lifespan_profile", self.lifespan_profile)
         if (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from asgi_perf._version import __version__
 from asgi_perf.capture import Capture, FrameId, indexed
 
 SCHEMA = "https://www.speedscope.app/file-format-schema.json"
@@ -22,8 +23,6 @@ class SpeedscopeRenderer:
     media_type = "application/json"
 
     def render(self, capture: Capture) -> bytes:
-        from asgi_perf import __version__
-
         frame_ids, stacks = indexed(capture.stacks)
         frames = [_frame(frame) for frame in frame_ids]
         samples = [ids for ids, _ in stacks]
