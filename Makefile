@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench bench-wrk bench-callgrind clean
+.PHONY: demo test lint typecheck imports pytest bench bench-wrk bench-callgrind clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict asgi_perf examples/app.py
 
+# The layers of DESIGN.md, as an import-linter contract in pyproject.toml.
+imports: $(STAMP)
+	$(BIN)/lint-imports
+
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+test: lint typecheck imports pytest
 
 bench: $(STAMP)
 	$(BIN)/pytest benchmarks --benchmark-only -p no:randomly -o testpaths=benchmarks
