@@ -24,7 +24,6 @@ import secrets
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from itertools import islice
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 from asgi_perf.capture import Capture
 from asgi_perf.errors import ConfigError
+from asgi_perf.storage.render_cache import RenderCache
 
 __all__ = ["ID_RE", "ProfileStore", "route_slug"]
 
@@ -46,7 +46,7 @@ ErrorHook = Callable[[str, BaseException], None]
 
 
 class _Entry:
-    __slots__ = ("capture", "duration_ms", "formats", "id", "kind", "paths", "pinned", "route")
+    __slots__ = ("capture", "duration_ms", "id", "kind", "paths", "pinned", "route")
 
     def __init__(self, capture: Capture, pinned: bool) -> None:
         meta = capture.meta
@@ -57,7 +57,6 @@ class _Entry:
         self.duration_ms: float = meta["duration_ms"]
         self.pinned = pinned
         self.paths: tuple[Path, Path] | None = None
-        self.formats: set[str] = set()
 
     @property
     def size(self) -> int:
@@ -100,7 +99,6 @@ class ProfileStore:
         self.max_bytes = max_bytes
         self.keep_slowest = keep_slowest
         self.keep_last = keep_last
-        self.max_rendered_bytes = max_rendered_bytes
         self.profile_dir = None if profile_dir is None else Path(profile_dir)
         self._on_error = on_error
         self._clock = clock
@@ -111,8 +109,8 @@ class ProfileStore:
         self._routes: dict[str | None, dict[str, _Entry]] = {}
         self._slowest: dict[str | None, set[str]] = {}
         self._bytes = 0
-        self._rendered: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        self._rendered_bytes = 0
+        # Guarded by the same lock: a profile's renders go when it goes.
+        self._renders = RenderCache(max_rendered_bytes)
         self.evicted = 0
         self.superseded = 0
         self.disk_errors = 0
@@ -220,9 +218,7 @@ class ProfileStore:
     def _remove(self, entry: _Entry) -> None:
         del self._entries[entry.id]
         self._bytes -= entry.size
-        for fmt in entry.formats:
-            self._rendered_bytes -= len(self._rendered.pop((entry.id, fmt)))
-        entry.formats.clear()
+        self._renders.drop(entry.id)
         if entry.kind != REQUEST:
             return
         route = entry.route
@@ -339,29 +335,23 @@ class ProfileStore:
 
     def rendered(self, profile_id: str, fmt: str, render: Callable[[Capture], bytes]) -> bytes:
         """``render(capture)``, cached per profile and format within ``max_rendered_bytes``."""
-        key = (profile_id, fmt)
         entry = self._entry(profile_id)
         with self._lock:
-            cached = self._rendered.get(key)
-            if cached is not None:
-                self._rendered.move_to_end(key)
-                return cached
+            cached = self._renders.get(profile_id, fmt)
+        if cached is not None:
+            return cached
         # Rendering can take a while; adds must not wait for it.
         data = render(entry.capture)
         with self._lock:
-            if (
-                self._entries.get(profile_id) is entry
-                and key not in self._rendered
-                and len(data) <= self.max_rendered_bytes
-            ):
-                self._rendered[key] = data
-                self._rendered_bytes += len(data)
-                entry.formats.add(fmt)
-                while self._rendered_bytes > self.max_rendered_bytes:
-                    (old_id, old_fmt), old = self._rendered.popitem(last=False)
-                    self._rendered_bytes -= len(old)
-                    self._entries[old_id].formats.discard(old_fmt)
+            # Not for a profile evicted meanwhile: nothing would drop it.
+            if self._entries.get(profile_id) is entry:
+                self._renders.put(profile_id, fmt, data)
         return data
+
+    @property
+    def max_rendered_bytes(self) -> int:
+        """The render cache's bound."""
+        return self._renders.max_bytes
 
     def stats(self) -> dict[str, Any]:
         """Counts for the snapshot: what is held, what was dropped and why."""
@@ -371,7 +361,7 @@ class ProfileStore:
                 "bytes": self._bytes,
                 "max_profiles": self.max_profiles,
                 "max_bytes": self.max_bytes,
-                "rendered_bytes": self._rendered_bytes,
+                "rendered_bytes": self._renders.bytes,
                 "evicted": self.evicted,
                 "superseded": self.superseded,
                 "disk_errors": self.disk_errors,
