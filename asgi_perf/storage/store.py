@@ -1,9 +1,8 @@
 """ProfileStore: captures kept in memory, bounded, and optionally on disk.
 
-Retention is decided when a profile is added, never by a later clean-up: per
-route the K slowest and the last M request profiles stay (plus those the
-caller pins), and the global bounds (count, bytes) evict oldest first while
-sparing each route's slowest for as long as anything else can go.
+Which profiles stay is ``retention``'s decision, made when one is added; the
+render cache keeps what was rendered from them. One lock, the store's, guards
+both, so a profile and its renders always go together.
 
 With ``profile_dir`` each retained profile is also written there, atomically,
 as a ``.prof`` (pstats, for snakeviz and gprof2dot) and a ``.json`` beside it
@@ -15,7 +14,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
-import heapq
 import json
 import marshal
 import os
@@ -25,46 +23,23 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from asgi_perf.capture import Capture
 from asgi_perf.errors import ConfigError
 from asgi_perf.storage.render_cache import RenderCache
+from asgi_perf.storage.retention import REQUEST, Entry, Retention
 
 __all__ = ["ID_RE", "ProfileStore", "route_slug"]
 
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
 MiB = 1 << 20
-REQUEST = "request"
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
 _METHOD_RE = re.compile(r"[^A-Z0-9]+")
 _SLUG_MAX = 60
 
 ErrorHook = Callable[[str, BaseException], None]
-
-
-class _Entry:
-    __slots__ = ("capture", "duration_ms", "id", "kind", "paths", "pinned", "route")
-
-    def __init__(self, capture: Capture, pinned: bool) -> None:
-        meta = capture.meta
-        self.capture = capture
-        self.id: str = meta["id"]
-        self.kind: str = meta["kind"]
-        self.route: str | None = meta.get("route")
-        self.duration_ms: float = meta["duration_ms"]
-        self.pinned = pinned
-        self.paths: tuple[Path, Path] | None = None
-
-    @property
-    def size(self) -> int:
-        return int(self.capture.meta["size_bytes"])
-
-
-def _duration(entry: _Entry) -> float:
-    return entry.duration_ms
 
 
 class ProfileStore:
@@ -95,24 +70,19 @@ class ProfileStore:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-        self.max_profiles = max_profiles
-        self.max_bytes = max_bytes
-        self.keep_slowest = keep_slowest
-        self.keep_last = keep_last
         self.profile_dir = None if profile_dir is None else Path(profile_dir)
         self._on_error = on_error
         self._clock = clock
+        # One lock for the index, the render cache and disk_errors; neither
+        # the index nor the cache locks anything itself.
         self._lock = threading.Lock()
-        # Insertion order is age: the first entry is the oldest.
-        self._entries: dict[str, _Entry] = {}
-        # Request profiles per route, and which of them are its kept-slowest.
-        self._routes: dict[str | None, dict[str, _Entry]] = {}
-        self._slowest: dict[str | None, set[str]] = {}
-        self._bytes = 0
-        # Guarded by the same lock: a profile's renders go when it goes.
+        self._index = Retention(
+            max_profiles=max_profiles,
+            max_bytes=max_bytes,
+            keep_slowest=keep_slowest,
+            keep_last=keep_last,
+        )
         self._renders = RenderCache(max_rendered_bytes)
-        self.evicted = 0
-        self.superseded = 0
         self.disk_errors = 0
 
     # ------------------------------------------------------------------ writing
@@ -128,7 +98,7 @@ class ProfileStore:
         # before the profile ends); anything else gets a fresh random one.
         wanted = capture.meta.get("id")
         with self._lock:
-            taken = isinstance(wanted, str) and wanted in self._entries
+            taken = isinstance(wanted, str) and wanted in self._index.entries
         profile_id = (
             wanted if isinstance(wanted, str) and ID_RE.match(wanted) and not taken else None
         )
@@ -142,10 +112,12 @@ class ProfileStore:
         stored = dataclasses.replace(capture, meta=meta)
         # ASCII-only JSON, so its length in characters is its size in bytes.
         meta["size_bytes"] = len(_dumps(stored))
-        entry = _Entry(stored, keep)
+        entry = Entry(stored, keep)
         with self._lock:
-            removed = self._insert(entry)
-            kept = self._entries.get(entry.id) is entry
+            removed = self._index.insert(entry)
+            for e in removed:
+                self._renders.drop(e.id)
+            kept = self._index.entries.get(entry.id) is entry
         self._delete_files(removed)
         if not kept:
             return None
@@ -153,85 +125,9 @@ class ProfileStore:
             self._write(entry, self.profile_dir)
         return entry.id
 
-    def _insert(self, entry: _Entry) -> list[_Entry]:
-        if entry.size > self.max_bytes:
-            self.evicted += 1
-            return []
-        removed: list[_Entry] = []
-        self._entries[entry.id] = entry
-        self._bytes += entry.size
-        if entry.kind == REQUEST:
-            self._retain(entry, removed)
-        self._bound(entry, removed)
-        return removed
-
-    def _retain(self, new: _Entry, removed: list[_Entry]) -> None:
-        """Keep the route's pinned, K slowest and M latest; drop the rest."""
-        route = new.route
-        entries = self._routes.setdefault(route, {})
-        entries[new.id] = new
-        slowest = self._rank(route)
-        recent = set(islice(reversed(entries), self.keep_last))
-        for e in [e for e in entries.values() if not e.pinned]:
-            if e.id not in slowest and e.id not in recent:
-                self._remove(e)
-                removed.append(e)
-                self.superseded += 1
-
-    def _rank(self, route: str | None) -> set[str]:
-        entries = self._routes[route].values()
-        top = {e.id for e in heapq.nlargest(self.keep_slowest, entries, key=_duration)}
-        self._slowest[route] = top
-        return top
-
-    def _bound(self, new: _Entry, removed: list[_Entry]) -> None:
-        """Evict oldest first, sparing kept-slowest until nothing else is left."""
-        over_count = len(self._entries) - self.max_profiles
-        over_bytes = self._bytes - self.max_bytes
-        if over_count <= 0 and over_bytes <= 0:
-            return
-        victims: list[_Entry] = []
-        spared: list[_Entry] = []
-        for e in self._entries.values():
-            if over_count <= 0 and over_bytes <= 0:
-                break
-            if e is new:
-                continue
-            if e.kind == REQUEST and e.id in self._slowest.get(e.route, ()):
-                spared.append(e)
-                continue
-            victims.append(e)
-            over_count -= 1
-            over_bytes -= e.size
-        # The bounds are hard: protected profiles go too, oldest first.
-        for e in spared:
-            if over_count <= 0 and over_bytes <= 0:
-                break
-            victims.append(e)
-            over_count -= 1
-            over_bytes -= e.size
-        for e in victims:
-            self._remove(e)
-        removed.extend(victims)
-        self.evicted += len(victims)
-
-    def _remove(self, entry: _Entry) -> None:
-        del self._entries[entry.id]
-        self._bytes -= entry.size
-        self._renders.drop(entry.id)
-        if entry.kind != REQUEST:
-            return
-        route = entry.route
-        entries = self._routes[route]
-        del entries[entry.id]
-        if not entries:
-            del self._routes[route], self._slowest[route]
-        elif entry.id in self._slowest[route]:
-            self._rank(route)
-
     # --------------------------------------------------------------------- disk
 
-    def _write(self, entry: _Entry, directory: Path) -> None:
+    def _write(self, entry: Entry, directory: Path) -> None:
         meta = entry.capture.meta
         stem = _stem(meta)
         prof, data = directory / f"{stem}.prof", directory / f"{stem}.json"
@@ -248,14 +144,14 @@ class ProfileStore:
             self._disk_error(exc)
             return
         with self._lock:
-            alive = self._entries.get(entry.id) is entry
+            alive = self._index.entries.get(entry.id) is entry
             if alive:
                 entry.paths = (prof, data)
         if not alive:
             # Evicted by another thread while its files were being written.
             self._unlink((prof, data))
 
-    def _delete_files(self, entries: Iterable[_Entry]) -> None:
+    def _delete_files(self, entries: Iterable[Entry]) -> None:
         for e in entries:
             if e.paths is not None:
                 self._unlink(e.paths)
@@ -297,41 +193,23 @@ class ProfileStore:
         limit: int = 100,
     ) -> builtins.list[dict[str, Any]]:
         """Metadata of the matching profiles, newest first, at most ``limit``."""
-        out: builtins.list[dict[str, Any]] = []
-        if limit <= 0:
-            return out
         with self._lock:
-            for e in reversed(self._entries.values()):
-                meta = e.capture.meta
-                if (
-                    (route is None or e.route == route)
-                    and (kind is None or e.kind == kind)
-                    and (tag is None or meta.get("tag") == tag)
-                ):
-                    out.append(dict(meta))
-                    if len(out) >= limit:
-                        break
-        return out
+            return self._index.list(route=route, kind=kind, tag=tag, limit=limit)
 
     def latest(self, route: str | None = None) -> str | None:
         """The newest profile's id (of ``route``, if given)."""
         with self._lock:
-            for e in reversed(self._entries.values()):
-                if route is None or e.route == route:
-                    return e.id
-        return None
+            return self._index.latest(route)
 
     def slowest(self, route: str | None = None) -> str | None:
         """The slowest request profile's id, or the slowest of any kind if none."""
         with self._lock:
-            found = [e for e in self._entries.values() if route is None or e.route == route]
-        requests = [e for e in found if e.kind == REQUEST] or found
-        return max(requests, key=_duration).id if requests else None
+            return self._index.slowest(route)
 
     def ids_for_route(self, route: str) -> builtins.list[str]:
         """Ids of every profile of ``route``, newest first."""
         with self._lock:
-            return [e.id for e in reversed(self._entries.values()) if e.route == route]
+            return self._index.ids_for_route(route)
 
     def rendered(self, profile_id: str, fmt: str, render: Callable[[Capture], bytes]) -> bytes:
         """``render(capture)``, cached per profile and format within ``max_rendered_bytes``."""
@@ -344,21 +222,46 @@ class ProfileStore:
         data = render(entry.capture)
         with self._lock:
             # Not for a profile evicted meanwhile: nothing would drop it.
-            if self._entries.get(profile_id) is entry:
+            if self._index.entries.get(profile_id) is entry:
                 self._renders.put(profile_id, fmt, data)
         return data
 
+    # The bounds and counters, read where they are kept.
+
+    @property
+    def max_profiles(self) -> int:
+        return self._index.max_profiles
+
+    @property
+    def max_bytes(self) -> int:
+        return self._index.max_bytes
+
+    @property
+    def keep_slowest(self) -> int:
+        return self._index.keep_slowest
+
+    @property
+    def keep_last(self) -> int:
+        return self._index.keep_last
+
     @property
     def max_rendered_bytes(self) -> int:
-        """The render cache's bound."""
         return self._renders.max_bytes
+
+    @property
+    def evicted(self) -> int:
+        return self._index.evicted
+
+    @property
+    def superseded(self) -> int:
+        return self._index.superseded
 
     def stats(self) -> dict[str, Any]:
         """Counts for the snapshot: what is held, what was dropped and why."""
         with self._lock:
             return {
-                "count": len(self._entries),
-                "bytes": self._bytes,
+                "count": len(self._index.entries),
+                "bytes": self._index.bytes,
                 "max_profiles": self.max_profiles,
                 "max_bytes": self.max_bytes,
                 "rendered_bytes": self._renders.bytes,
@@ -369,16 +272,16 @@ class ProfileStore:
             }
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._index.entries)
 
     def __contains__(self, profile_id: object) -> bool:
-        return isinstance(profile_id, str) and profile_id in self._entries
+        return isinstance(profile_id, str) and profile_id in self._index.entries
 
-    def _entry(self, profile_id: str) -> _Entry:
+    def _entry(self, profile_id: str) -> Entry:
         if not isinstance(profile_id, str) or not ID_RE.match(profile_id):
             raise ValueError(f"not a profile id: {profile_id!r}")
         with self._lock:
-            return self._entries[profile_id]
+            return self._index.entries[profile_id]
 
 
 def route_slug(route: str, method: str = "") -> str:
