@@ -6,6 +6,7 @@ Callers use ``ProfileStore``; ``ID_RE`` says what a profile id looks like and
 
 from __future__ import annotations
 
-from asgi_perf.storage.store import ID_RE, ProfileStore, route_slug
+from asgi_perf.storage.disk import route_slug
+from asgi_perf.storage.store import ID_RE, ProfileStore
 
 __all__ = ["ID_RE", "ProfileStore", "route_slug"]

@@ -4,22 +4,17 @@ Which profiles stay is ``retention``'s decision, made when one is added; the
 render cache keeps what was rendered from them. One lock, the store's, guards
 both, so a profile and its renders always go together.
 
-With ``profile_dir`` each retained profile is also written there, atomically,
-as a ``.prof`` (pstats, for snakeviz and gprof2dot) and a ``.json`` beside it
-(the capture, which every other format is rendered from).
+With ``profile_dir`` each retained profile is also written there (``disk``),
+outside the lock: a file write must not hold up adds and look-ups.
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import dataclasses
-import json
-import marshal
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,16 +23,14 @@ from typing import Any
 
 from asgi_perf.capture import Capture
 from asgi_perf.errors import ConfigError
+from asgi_perf.storage.disk import ProfileDir, capture_json
 from asgi_perf.storage.render_cache import RenderCache
 from asgi_perf.storage.retention import REQUEST, Entry, Retention
 
-__all__ = ["ID_RE", "ProfileStore", "route_slug"]
+__all__ = ["ID_RE", "ProfileStore"]
 
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
 MiB = 1 << 20
-_SLUG_RE = re.compile(r"[^a-z0-9]+")
-_METHOD_RE = re.compile(r"[^A-Z0-9]+")
-_SLUG_MAX = 60
 
 ErrorHook = Callable[[str, BaseException], None]
 
@@ -71,6 +64,9 @@ class ProfileStore:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         self.profile_dir = None if profile_dir is None else Path(profile_dir)
+        self._files = (
+            None if self.profile_dir is None else ProfileDir(self.profile_dir, self._disk_error)
+        )
         self._on_error = on_error
         self._clock = clock
         # One lock for the index, the render cache and disk_errors; neither
@@ -111,7 +107,7 @@ class ProfileStore:
         # A copy: the caller's capture may be added again or still in use.
         stored = dataclasses.replace(capture, meta=meta)
         # ASCII-only JSON, so its length in characters is its size in bytes.
-        meta["size_bytes"] = len(_dumps(stored))
+        meta["size_bytes"] = len(capture_json(stored))
         entry = Entry(stored, keep)
         with self._lock:
             removed = self._index.insert(entry)
@@ -121,47 +117,29 @@ class ProfileStore:
         self._delete_files(removed)
         if not kept:
             return None
-        if self.profile_dir is not None:
-            self._write(entry, self.profile_dir)
+        if self._files is not None:
+            self._write(entry, self._files)
         return entry.id
 
     # --------------------------------------------------------------------- disk
 
-    def _write(self, entry: Entry, directory: Path) -> None:
-        meta = entry.capture.meta
-        stem = _stem(meta)
-        prof, data = directory / f"{stem}.prof", directory / f"{stem}.json"
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            # The .json first: a .prof on disk always has its stacks beside it.
-            _atomic_write(data, _dumps(entry.capture).encode())
-            try:
-                _atomic_write(prof, marshal.dumps(entry.capture.call_stats()))
-            except BaseException:
-                data.unlink(missing_ok=True)
-                raise
-        except OSError as exc:
-            self._disk_error(exc)
+    def _write(self, entry: Entry, files: ProfileDir) -> None:
+        paths = files.write(entry.capture)
+        if paths is None:
             return
         with self._lock:
             alive = self._index.entries.get(entry.id) is entry
             if alive:
-                entry.paths = (prof, data)
+                entry.paths = paths
         if not alive:
             # Evicted by another thread while its files were being written.
-            self._unlink((prof, data))
+            files.delete(paths)
 
     def _delete_files(self, entries: Iterable[Entry]) -> None:
-        for e in entries:
-            if e.paths is not None:
-                self._unlink(e.paths)
-
-    def _unlink(self, paths: Iterable[Path]) -> None:
-        for path in paths:
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as exc:
-                self._disk_error(exc)
+        if self._files is not None:
+            for e in entries:
+                if e.paths is not None:
+                    self._files.delete(e.paths)
 
     def _disk_error(self, exc: OSError) -> None:
         with self._lock:
@@ -282,46 +260,3 @@ class ProfileStore:
             raise ValueError(f"not a profile id: {profile_id!r}")
         with self._lock:
             return self._index.entries[profile_id]
-
-
-def route_slug(route: str, method: str = "") -> str:
-    """``"GET /items/{item_id}"`` -> ``"items-item-id"``: safe in a file name."""
-    head, sep, rest = route.partition(" ")
-    if sep and method and head.upper() == method.upper():
-        route = rest
-    slug = _SLUG_RE.sub("-", route.lower()).strip("-")[:_SLUG_MAX].rstrip("-")
-    return slug or "root"
-
-
-def _stem(meta: dict[str, Any]) -> str:
-    """``{utc}-{METHOD}-{route-slug}-{ms}ms-{id}``."""
-    start = meta.get("start")
-    stamp = time.strftime(
-        "%Y%m%dT%H%M%SZ", time.gmtime(meta["created"] if start is None else start)
-    )
-    route = meta.get("route")
-    if meta["kind"] == REQUEST:
-        # From the request line: only letters and digits may reach the file name.
-        method = _METHOD_RE.sub("", str(meta.get("method") or "").upper())[:16] or "HTTP"
-        slug = route_slug(str(route or ""), method)
-    else:
-        method = _METHOD_RE.sub("", str(meta["kind"]).upper())[:16] or "PROFILE"
-        slug = route_slug(str(route)) if route else "process"
-    return f"{stamp}-{method}-{slug}-{round(meta['duration_ms'])}ms-{meta['id']}"
-
-
-def _dumps(capture: Capture) -> str:
-    return json.dumps(capture.to_json(), separators=(",", ":"))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Readers see the whole file or none: written aside, then renamed over."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with open(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
