@@ -413,6 +413,19 @@ def test_route_slug(route: str, method: str, slug: str) -> None:
     assert len(route_slug(route, method)) <= 60
 
 
+@pytest.mark.parametrize(
+    ("route", "slug"),
+    [
+        ("GET /items/{item_id}", "get-items-item-id"),
+        ("ids", "ids"),
+        ("", "profile"),
+        ("{}/-", "profile"),
+    ],
+)
+def test_route_slug_without_a_method_keeps_it_and_falls_back(route: str, slug: str) -> None:
+    assert route_slug(route, fallback="profile") == slug
+
+
 def test_odd_methods_cannot_reach_the_file_name(tmp_path: Path) -> None:
     store = ProfileStore(profile_dir=tmp_path)
     pid = store.add(capture(3, method="../G E\\T", route="../G E\\T /../x"))
