@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from asgi_perf.budgets import BudgetSet, load_budgets
-from asgi_perf.cli_common import (
+from asgi_perf.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
     IO,

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 from rich.text import Text
 
-from asgi_perf.cli_common import (
+from asgi_perf.cli._common import (
     EXIT_OK,
     IO,
     CLIError,

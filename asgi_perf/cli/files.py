@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from asgi_perf.capture import Capture, FrameId, Stack, combine, pstats_to_stacks
-from asgi_perf.cli_common import (
+from asgi_perf.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
     IO,
