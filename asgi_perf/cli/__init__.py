@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="file, directory or - (stdout)")
     p.add_argument("--open", action="store_true", help=".prof in snakeviz, others in a browser")
 
-    p = command("view", "remote:cmd_view", "open a .prof (file or URL) in snakeviz")
+    p = command("view", "view:cmd_view", "open a .prof (file or URL) in snakeviz")
     p.add_argument("target", metavar="FILE|URL", help="a .prof, a .prof URL, or the app's URL")
     p.add_argument("--ref", default="latest", help="with the app's URL: ID|latest|slowest")
     p.add_argument("--route", help="with the app's URL and latest/slowest")
@@ -108,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--junit", metavar="FILE", help="also write the verdicts as JUnit XML")
     p.add_argument("--min-samples", type=_non_negative_int, metavar="N")
 
-    from asgi_perf.cli.files import THRESHOLD_METRICS, parse_threshold
+    from asgi_perf.cli.diff import THRESHOLD_METRICS, parse_threshold
 
-    p = command("diff", "files:cmd_diff", "compare two saved snapshots", remote_options=False)
+    p = command("diff", "diff:cmd_diff", "compare two saved snapshots", remote_options=False)
     p.add_argument("base", metavar="BASE.json")
     p.add_argument("new", metavar="NEW.json")
     p.add_argument(

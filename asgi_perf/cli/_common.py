@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
 import json
 import os
 import pstats
-import signal
-import subprocess
 import sys
-import threading
-import webbrowser
-from collections.abc import Iterator
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
-from types import FrameType
 from typing import Any, cast
 
 from rich.console import Console
@@ -185,60 +177,3 @@ def verdict_text(verdict: Any) -> Text:
     if not isinstance(verdict, str):
         return Text("-", style="dim")
     return Text(verdict, style=VERDICT_STYLE.get(verdict, ""))
-
-
-def snakeviz_available() -> bool:
-    try:
-        return importlib.util.find_spec("snakeviz") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def require_snakeviz() -> None:
-    if not snakeviz_available():
-        raise CLIError(
-            "snakeviz is not installed in this environment: "
-            "pip install 'asgi-perf[cli]' (or pip install snakeviz)"
-        )
-
-
-def run_snakeviz(path: Path, *, server_only: bool = False) -> int:
-    """Run snakeviz on ``path`` until the user stops it (Ctrl+C); its exit code."""
-    require_snakeviz()
-    # The same interpreter, so the snakeviz found above is the one that runs.
-    command = [sys.executable, "-m", "snakeviz", *(["-s"] if server_only else []), str(path)]
-    with _sigterm_interrupts(), subprocess.Popen(command) as child:
-        try:
-            return child.wait()
-        except KeyboardInterrupt:
-            # Ctrl+C reached snakeviz too, a SIGTERM only us: end it either way,
-            # so no server outlives the command and a temp file can go.
-            child.terminate()
-            try:
-                child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-            return EXIT_OK
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """While snakeviz runs, SIGTERM ends us like Ctrl+C does: with cleanup."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def open_in_browser(path: Path) -> None:
-    if not webbrowser.open(path.resolve().as_uri()):
-        raise CLIError(f"no web browser found to open {path}", code=EXIT_FAILED)
