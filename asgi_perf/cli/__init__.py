@@ -17,13 +17,22 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from asgi_perf.cli._exit import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_SERVER,
+    EXIT_USAGE,
+)
 from asgi_perf.client import DEFAULT_PREFIX, TOKEN_ENV
+from asgi_perf.engines import ENGINES
+from asgi_perf.renderers import RENDERERS
 
 __all__ = ["build_parser", "main"]
 
-FORMATS = ("prof", "svg", "html", "speedscope.json", "collapsed")
-ENGINES = ("pyinstrument", "yappi", "cprofile")
-_EXIT_USAGE = 2
+# What the app can render and profile with, in the order the help lists them.
+_FORMATS = tuple(RENDERERS)
+_ENGINES = tuple(ENGINES)
 
 
 class _UsageError(Exception):
@@ -83,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("profile", "remote:cmd_profile", "profile the whole app for N seconds")
     p.add_argument("url", metavar="URL")
     p.add_argument("--seconds", type=float, required=True, metavar="N")
-    p.add_argument("--engine", choices=ENGINES, help="default: the app's engine option")
-    p.add_argument("--format", choices=FORMATS, help="default: from -o's extension, else prof")
+    p.add_argument("--engine", choices=_ENGINES, help="default: the app's engine option")
+    p.add_argument("--format", choices=_FORMATS, help="default: from -o's extension, else prof")
     p.add_argument("-o", "--output", metavar="FILE", help="file, directory or - (stdout)")
     p.add_argument("--open", action="store_true", help=".prof in snakeviz, others in a browser")
 
@@ -92,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", metavar="URL")
     p.add_argument("ref", metavar="ID|latest|slowest")
     p.add_argument("--route", help='with latest/slowest, e.g. "GET /items/{item_id}"')
-    p.add_argument("--format", choices=FORMATS, help="default: from -o's extension, else prof")
+    p.add_argument("--format", choices=_FORMATS, help="default: from -o's extension, else prof")
     p.add_argument("-o", "--output", metavar="FILE", help="file, directory or - (stdout)")
     p.add_argument("--open", action="store_true", help=".prof in snakeviz, others in a browser")
 
@@ -156,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except _UsageError as exc:
-        return _plain_error(str(exc), _EXIT_USAGE)
+        return _plain_error(str(exc), EXIT_USAGE)
     except ImportError as exc:
         return _missing(exc)
     except SystemExit as exc:  # --help and --version
@@ -178,26 +187,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except PerfClientError as exc:
         _common.print_error(io.err, str(exc))
-        return _common.EXIT_SERVER
+        return EXIT_SERVER
     except KeyboardInterrupt:
         _common.print_error(io.err, "interrupted")
-        return _common.EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`| head`): nothing left to say, and Python
         # must not complain again when it flushes stdout at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 141
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         _common.print_error(io.err, f"{where}{exc.strerror or exc}")
-        return _common.EXIT_USAGE
+        return EXIT_USAGE
     except Exception as exc:
         # A bug of ours: still one line, and enough to report it.
         _common.print_error(io.err, f"internal error: {type(exc).__name__}: {exc}")
-        return _common.EXIT_FAILED
+        return EXIT_FAILED
 
 
 def _missing(exc: ImportError) -> int:
     name = exc.name or "a module"
-    return _plain_error(f"{name} is missing: pip install 'asgi-perf[cli]'", _EXIT_USAGE)
+    return _plain_error(f"{name} is missing: pip install 'asgi-perf[cli]'", EXIT_USAGE)

@@ -16,15 +16,9 @@ from rich.console import Console
 from rich.text import Text
 
 from asgi_perf.capture import PstatsDict
+from asgi_perf.cli._exit import EXIT_USAGE
 from asgi_perf.client import PerfClient
 from asgi_perf.renderers import RENDERERS
-
-# Exit codes, documented in the README's CLI reference.
-EXIT_OK = 0
-EXIT_FAILED = 1  # a budget failed or a regression passed its threshold
-EXIT_USAGE = 2  # bad arguments or an unusable input file
-EXIT_SERVER = 3  # the app could not be reached or answered with an error
-EXIT_INTERRUPTED = 130
 
 VERDICT_STYLE = {"fail": "bold red", "pass": "green", "insufficient": "yellow"}
 

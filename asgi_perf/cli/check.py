@@ -14,8 +14,6 @@ from rich.text import Text
 
 from asgi_perf.budgets import BudgetSet, load_budgets
 from asgi_perf.cli._common import (
-    EXIT_FAILED,
-    EXIT_OK,
     IO,
     CLIError,
     client_for,
@@ -24,6 +22,7 @@ from asgi_perf.cli._common import (
     load_snapshot,
     verdict_text,
 )
+from asgi_perf.cli._exit import EXIT_FAILED, EXIT_OK
 from asgi_perf.errors import ConfigError
 from asgi_perf.units import number_text
 

@@ -11,7 +11,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from asgi_perf.cli._common import EXIT_FAILED, EXIT_OK, IO, fmt_ms, load_snapshot
+from asgi_perf.cli._common import IO, fmt_ms, load_snapshot
+from asgi_perf.cli._exit import EXIT_FAILED, EXIT_OK
 
 THRESHOLD_METRICS = ("p50", "p90", "p95", "p99", "p999", "max", "mean", "error_rate")
 _SHOWN = ("count", "errors", "p50", "p90", "p95", "p99", "max", "mean")

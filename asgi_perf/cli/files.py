@@ -11,13 +11,13 @@ from pathlib import Path
 
 from asgi_perf.capture import Capture, FrameId, Stack, combine, pstats_to_stacks
 from asgi_perf.cli._common import (
-    EXIT_OK,
     IO,
     CLIError,
     existing_file,
     human_bytes,
     read_pstats,
 )
+from asgi_perf.cli._exit import EXIT_OK
 from asgi_perf.renderers import RENDERERS, NotRenderable, render
 
 _COLLAPSED_LINE = re.compile(r"^(.*\S)\s+(\d+(?:\.\d+)?)$")

@@ -14,7 +14,6 @@ from rich.table import Table
 from rich.text import Text
 
 from asgi_perf.cli._common import (
-    EXIT_OK,
     IO,
     CLIError,
     client_for,
@@ -24,6 +23,7 @@ from asgi_perf.cli._common import (
     verdict_text,
     write_output,
 )
+from asgi_perf.cli._exit import EXIT_OK
 from asgi_perf.cli.view import open_file
 from asgi_perf.client import PerfClient
 

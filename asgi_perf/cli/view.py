@@ -17,8 +17,6 @@ from types import FrameType
 from urllib.parse import urlsplit
 
 from asgi_perf.cli._common import (
-    EXIT_FAILED,
-    EXIT_OK,
     IO,
     CLIError,
     client_for,
@@ -26,6 +24,7 @@ from asgi_perf.cli._common import (
     is_url,
     read_pstats,
 )
+from asgi_perf.cli._exit import EXIT_FAILED, EXIT_OK
 
 
 def cmd_view(args: argparse.Namespace, io: IO) -> int:
