@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from rich.console import Console
 from rich.text import Text
@@ -116,8 +116,13 @@ def write_output(io: IO, body: bytes, output: str | None, default_name: str) -> 
     if path.is_dir():
         path = path / default_name
     path.write_bytes(body)
-    io.out.print(f"saved {path} ({human_bytes(len(body))})", soft_wrap=True, markup=False)
+    say_saved(io, path, len(body))
     return path
+
+
+def say_saved(io: IO, path: Path | str, size: int, note: str = "") -> None:
+    """``saved FILE (12.3 KiB)``: the line every command that writes a file prints."""
+    io.out.print(f"saved {path} ({human_bytes(size)}{note})", markup=False, soft_wrap=True)
 
 
 def read_pstats(path: Path, shown: str | None = None) -> PstatsDict:
@@ -135,12 +140,17 @@ def format_for(args: argparse.Namespace) -> str:
     """``--format``, else what ``-o``'s extension names (``-o load.svg``), else ``prof``."""
     if args.format:
         return str(args.format)
-    name = str(args.output or "").lower()
+    return format_of(str(args.output or "")) or "prof"
+
+
+def format_of(file_name: str) -> str | None:
+    """The renderer format a file name's extension names (``load.svg``: ``svg``), or None."""
+    name = file_name.lower()
     # Longest first: ".speedscope.json" before any shorter match.
     for fmt, r in sorted(RENDERERS.items(), key=lambda kv: -len(kv[1].file_extension)):
         if name.endswith(r.file_extension):
             return fmt
-    return "prof"
+    return None
 
 
 def human_bytes(n: int) -> str:
@@ -151,8 +161,18 @@ def human_bytes(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MiB"
 
 
+def is_number(value: object) -> TypeGuard[int | float]:
+    """A number from JSON; ``true`` is not one, though bool is an int."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def percent_text(rate: float) -> str:
+    """An error rate (a fraction) as people read it: ``0.0123`` is ``1.23%``."""
+    return f"{rate * 100:.2f}%"
+
+
 def fmt_ms(value: Any) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not is_number(value):
         return "-"
     if value >= 100:
         return f"{value:.0f}"
@@ -160,7 +180,7 @@ def fmt_ms(value: Any) -> str:
 
 
 def fmt_number(value: Any, digits: int = 1) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not is_number(value):
         return "-"
     if isinstance(value, int):
         return str(value)

@@ -11,7 +11,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from asgi_perf.cli._common import IO, fmt_ms, load_snapshot
+from asgi_perf.cli._common import IO, fmt_ms, load_snapshot, percent_text
 from asgi_perf.cli._exit import EXIT_FAILED, EXIT_OK
 
 THRESHOLD_METRICS = ("p50", "p90", "p95", "p99", "p999", "max", "mean", "error_rate")
@@ -128,7 +128,7 @@ def _cell(metric: str, value: float | None) -> str:
     if metric in ("count", "errors"):
         return str(int(value))
     if metric == "error_rate":
-        return f"{value * 100:.2f}%"
+        return percent_text(value)
     return fmt_ms(value)
 
 

@@ -14,8 +14,9 @@ from asgi_perf.cli._common import (
     IO,
     CLIError,
     existing_file,
-    human_bytes,
+    format_of,
     read_pstats,
+    say_saved,
 )
 from asgi_perf.cli._exit import EXIT_OK
 from asgi_perf.renderers import RENDERERS, NotRenderable, render
@@ -97,11 +98,10 @@ def _from_capture_json(path: Path) -> Capture:
 
 def _format_for(output: str) -> str:
     """The renderer format an output file name asks for, longest extension first."""
-    name = output.lower()
-    for fmt, r in sorted(RENDERERS.items(), key=lambda kv: -len(kv[1].file_extension)):
-        if name.endswith(r.file_extension):
-            return fmt
-    if name.endswith(".json"):
+    fmt = format_of(output)
+    if fmt is not None:
+        return fmt
+    if output.lower().endswith(".json"):
         return "capture.json"
     known = ", ".join(sorted({r.file_extension for r in RENDERERS.values()} | {".json"}))
     raise CLIError(f"-o {output}: unknown output type (extensions: {known})")
@@ -116,7 +116,7 @@ def _write(io: IO, capture: Capture, fmt: str, output: str) -> int:
         except NotRenderable as exc:
             raise CLIError(f"-o {output}: {exc}") from None
     Path(output).write_bytes(body)
-    io.out.print(f"saved {output} ({human_bytes(len(body))})", markup=False, soft_wrap=True)
+    say_saved(io, output, len(body))
     return EXIT_OK
 
 
@@ -136,11 +136,7 @@ def cmd_merge(args: argparse.Namespace, io: IO) -> int:
         merged = pstats.Stats(*(str(f) for f in files), stream=StringIO())
         merged.dump_stats(args.output)
         size = Path(args.output).stat().st_size
-        io.out.print(
-            f"saved {args.output} ({human_bytes(size)}, {len(files)} profiles merged)",
-            markup=False,
-            soft_wrap=True,
-        )
+        say_saved(io, args.output, size, f", {len(files)} profiles merged")
         return EXIT_OK
     capture = combine((load_capture(str(f)) for f in files), {"files": [f.name for f in files]})
     return _write(io, capture, fmt, args.output)
