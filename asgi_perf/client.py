@@ -17,9 +17,12 @@ from urllib.parse import quote
 
 import httpx
 
+from asgi_perf.config import PerfConfig
+
 __all__ = ["DEFAULT_PREFIX", "PerfClient", "PerfClientError"]
 
-DEFAULT_PREFIX = "/_perf"
+# Where the middleware serves the API unless told otherwise: its own default.
+DEFAULT_PREFIX: str = PerfConfig.prefix
 TOKEN_ENV = "ASGI_PERF_TOKEN"
 # Content-Disposition as the server writes it: attachment; filename="name.ext"
 _FILENAME_RE = re.compile(r'filename\*?=(?:UTF-8\'\')?"?([^";]+)"?', re.IGNORECASE)

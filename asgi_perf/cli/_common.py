@@ -3,36 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
 import json
 import os
 import pstats
-import signal
-import subprocess
 import sys
-import threading
-import webbrowser
-from collections.abc import Iterator
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
-from types import FrameType
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from rich.console import Console
 from rich.text import Text
 
 from asgi_perf.capture import PstatsDict
+from asgi_perf.cli._exit import EXIT_USAGE
 from asgi_perf.client import PerfClient
 from asgi_perf.renderers import RENDERERS
-
-# Exit codes, documented in the README's CLI reference.
-EXIT_OK = 0
-EXIT_FAILED = 1  # a budget failed or a regression passed its threshold
-EXIT_USAGE = 2  # bad arguments or an unusable input file
-EXIT_SERVER = 3  # the app could not be reached or answered with an error
-EXIT_INTERRUPTED = 130
 
 VERDICT_STYLE = {"fail": "bold red", "pass": "green", "insufficient": "yellow"}
 
@@ -130,8 +116,13 @@ def write_output(io: IO, body: bytes, output: str | None, default_name: str) -> 
     if path.is_dir():
         path = path / default_name
     path.write_bytes(body)
-    io.out.print(f"saved {path} ({human_bytes(len(body))})", soft_wrap=True, markup=False)
+    say_saved(io, path, len(body))
     return path
+
+
+def say_saved(io: IO, path: Path | str, size: int, note: str = "") -> None:
+    """``saved FILE (12.3 KiB)``: the line every command that writes a file prints."""
+    io.out.print(f"saved {path} ({human_bytes(size)}{note})", markup=False, soft_wrap=True)
 
 
 def read_pstats(path: Path, shown: str | None = None) -> PstatsDict:
@@ -149,12 +140,17 @@ def format_for(args: argparse.Namespace) -> str:
     """``--format``, else what ``-o``'s extension names (``-o load.svg``), else ``prof``."""
     if args.format:
         return str(args.format)
-    name = str(args.output or "").lower()
+    return format_of(str(args.output or "")) or "prof"
+
+
+def format_of(file_name: str) -> str | None:
+    """The renderer format a file name's extension names (``load.svg``: ``svg``), or None."""
+    name = file_name.lower()
     # Longest first: ".speedscope.json" before any shorter match.
     for fmt, r in sorted(RENDERERS.items(), key=lambda kv: -len(kv[1].file_extension)):
         if name.endswith(r.file_extension):
             return fmt
-    return "prof"
+    return None
 
 
 def human_bytes(n: int) -> str:
@@ -165,8 +161,18 @@ def human_bytes(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MiB"
 
 
+def is_number(value: object) -> TypeGuard[int | float]:
+    """A number from JSON; ``true`` is not one, though bool is an int."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def percent_text(rate: float) -> str:
+    """An error rate (a fraction) as people read it: ``0.0123`` is ``1.23%``."""
+    return f"{rate * 100:.2f}%"
+
+
 def fmt_ms(value: Any) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not is_number(value):
         return "-"
     if value >= 100:
         return f"{value:.0f}"
@@ -174,7 +180,7 @@ def fmt_ms(value: Any) -> str:
 
 
 def fmt_number(value: Any, digits: int = 1) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not is_number(value):
         return "-"
     if isinstance(value, int):
         return str(value)
@@ -185,60 +191,3 @@ def verdict_text(verdict: Any) -> Text:
     if not isinstance(verdict, str):
         return Text("-", style="dim")
     return Text(verdict, style=VERDICT_STYLE.get(verdict, ""))
-
-
-def snakeviz_available() -> bool:
-    try:
-        return importlib.util.find_spec("snakeviz") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def require_snakeviz() -> None:
-    if not snakeviz_available():
-        raise CLIError(
-            "snakeviz is not installed in this environment: "
-            "pip install 'asgi-perf[cli]' (or pip install snakeviz)"
-        )
-
-
-def run_snakeviz(path: Path, *, server_only: bool = False) -> int:
-    """Run snakeviz on ``path`` until the user stops it (Ctrl+C); its exit code."""
-    require_snakeviz()
-    # The same interpreter, so the snakeviz found above is the one that runs.
-    command = [sys.executable, "-m", "snakeviz", *(["-s"] if server_only else []), str(path)]
-    with _sigterm_interrupts(), subprocess.Popen(command) as child:
-        try:
-            return child.wait()
-        except KeyboardInterrupt:
-            # Ctrl+C reached snakeviz too, a SIGTERM only us: end it either way,
-            # so no server outlives the command and a temp file can go.
-            child.terminate()
-            try:
-                child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-            return EXIT_OK
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """While snakeviz runs, SIGTERM ends us like Ctrl+C does: with cleanup."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def open_in_browser(path: Path) -> None:
-    if not webbrowser.open(path.resolve().as_uri()):
-        raise CLIError(f"no web browser found to open {path}", code=EXIT_FAILED)

@@ -1,38 +1,30 @@
-"""Subcommands that talk to a running app: ``stats``, ``profile``, ``fetch``, ``view``."""
+"""Subcommands that talk to a running app: ``stats``, ``profile``, ``fetch``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from asgi_perf.cli_common import (
-    EXIT_OK,
+from asgi_perf.cli._common import (
     IO,
     CLIError,
     client_for,
-    existing_file,
     fmt_ms,
     fmt_number,
     format_for,
-    is_url,
-    open_in_browser,
-    read_pstats,
-    require_snakeviz,
-    run_snakeviz,
     verdict_text,
     write_output,
 )
+from asgi_perf.cli._exit import EXIT_OK
+from asgi_perf.cli.view import open_file
 from asgi_perf.client import PerfClient
 
 _POLL_S = 0.1
@@ -110,7 +102,7 @@ def cmd_profile(args: argparse.Namespace, io: IO) -> int:
         body, name = _profile_with_progress(client, args, io)
     path = write_output(io, body, args.output, name)
     if args.open and path is not None:
-        return _open(path)
+        return open_file(path)
     return EXIT_OK
 
 
@@ -159,35 +151,5 @@ def cmd_fetch(args: argparse.Namespace, io: IO) -> int:
         body, name = client.download(args.ref, fmt=format_for(args), route=args.route)
     path = write_output(io, body, args.output, name)
     if args.open and path is not None:
-        return _open(path)
+        return open_file(path)
     return EXIT_OK
-
-
-def _open(path: Path) -> int:
-    if path.suffix == ".prof":
-        return run_snakeviz(path)
-    open_in_browser(path)
-    return EXIT_OK
-
-
-def cmd_view(args: argparse.Namespace, io: IO) -> int:
-    target: str = args.target
-    if not is_url(target):
-        path = existing_file(target)
-        read_pstats(path)
-        return run_snakeviz(path, server_only=args.server)
-    require_snakeviz()  # before the download, which would be wasted
-    body = _download_prof(args, target)
-    with tempfile.TemporaryDirectory(prefix="asgi-perf-") as tmp:
-        path = Path(tmp) / "profile.prof"
-        path.write_bytes(body)
-        read_pstats(path, shown=target)
-        return run_snakeviz(path, server_only=args.server)
-
-
-def _download_prof(args: argparse.Namespace, target: str) -> bytes:
-    """A URL of a ``.prof`` is fetched as is; any other URL names the app (``--ref``)."""
-    with client_for(args, target) as client:
-        if urlsplit(target).path.endswith(".prof"):
-            return client.download_link(target)
-        return client.download(args.ref, fmt="prof", route=args.route)[0]

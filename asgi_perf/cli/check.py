@@ -13,17 +13,18 @@ from rich.table import Table
 from rich.text import Text
 
 from asgi_perf.budgets import BudgetSet, load_budgets
-from asgi_perf.cli_common import (
-    EXIT_FAILED,
-    EXIT_OK,
+from asgi_perf.cli._common import (
     IO,
     CLIError,
     client_for,
     fmt_number,
+    is_number,
     is_url,
     load_snapshot,
+    percent_text,
     verdict_text,
 )
+from asgi_perf.cli._exit import EXIT_FAILED, EXIT_OK
 from asgi_perf.errors import ConfigError
 from asgi_perf.units import number_text
 
@@ -99,10 +100,10 @@ def verdicts_table(verdicts: list[dict[str, Any]], source: str) -> Table:
 
 
 def _value(metric: str, value: Any) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not is_number(value):
         return "-"
     if metric == "error_rate":
-        return f"{value * 100:.2f}%"
+        return percent_text(value)
     unit = " MB" if metric == "max_mb" else " ms"
     return number_text(value) + unit
 

@@ -17,13 +17,22 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from asgi_perf.cli._exit import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_SERVER,
+    EXIT_USAGE,
+)
 from asgi_perf.client import DEFAULT_PREFIX, TOKEN_ENV
+from asgi_perf.engines import ENGINES
+from asgi_perf.renderers import RENDERERS
 
 __all__ = ["build_parser", "main"]
 
-FORMATS = ("prof", "svg", "html", "speedscope.json", "collapsed")
-ENGINES = ("pyinstrument", "yappi", "cprofile")
-_EXIT_USAGE = 2
+# What the app can render and profile with, in the order the help lists them.
+_FORMATS = tuple(RENDERERS)
+_ENGINES = tuple(ENGINES)
 
 
 class _UsageError(Exception):
@@ -76,41 +85,41 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = command("stats", "cli_remote:cmd_stats", "per-route table, sorted by p99")
+    p = command("stats", "remote:cmd_stats", "per-route table, sorted by p99")
     p.add_argument("url", metavar="URL", help="the app, e.g. http://127.0.0.1:8000")
     p.add_argument("--json", action="store_true", help="print the raw snapshot (for diff)")
 
-    p = command("profile", "cli_remote:cmd_profile", "profile the whole app for N seconds")
+    p = command("profile", "remote:cmd_profile", "profile the whole app for N seconds")
     p.add_argument("url", metavar="URL")
     p.add_argument("--seconds", type=float, required=True, metavar="N")
-    p.add_argument("--engine", choices=ENGINES, help="default: the app's engine option")
-    p.add_argument("--format", choices=FORMATS, help="default: from -o's extension, else prof")
+    p.add_argument("--engine", choices=_ENGINES, help="default: the app's engine option")
+    p.add_argument("--format", choices=_FORMATS, help="default: from -o's extension, else prof")
     p.add_argument("-o", "--output", metavar="FILE", help="file, directory or - (stdout)")
     p.add_argument("--open", action="store_true", help=".prof in snakeviz, others in a browser")
 
-    p = command("fetch", "cli_remote:cmd_fetch", "download a stored profile")
+    p = command("fetch", "remote:cmd_fetch", "download a stored profile")
     p.add_argument("url", metavar="URL")
     p.add_argument("ref", metavar="ID|latest|slowest")
     p.add_argument("--route", help='with latest/slowest, e.g. "GET /items/{item_id}"')
-    p.add_argument("--format", choices=FORMATS, help="default: from -o's extension, else prof")
+    p.add_argument("--format", choices=_FORMATS, help="default: from -o's extension, else prof")
     p.add_argument("-o", "--output", metavar="FILE", help="file, directory or - (stdout)")
     p.add_argument("--open", action="store_true", help=".prof in snakeviz, others in a browser")
 
-    p = command("view", "cli_remote:cmd_view", "open a .prof (file or URL) in snakeviz")
+    p = command("view", "view:cmd_view", "open a .prof (file or URL) in snakeviz")
     p.add_argument("target", metavar="FILE|URL", help="a .prof, a .prof URL, or the app's URL")
     p.add_argument("--ref", default="latest", help="with the app's URL: ID|latest|slowest")
     p.add_argument("--route", help="with the app's URL and latest/slowest")
     p.add_argument("--server", action="store_true", help="serve only, open no browser")
 
-    p = command("check", "cli_check:cmd_check", "budget verdicts; exit 1 when one fails")
+    p = command("check", "check:cmd_check", "budget verdicts; exit 1 when one fails")
     p.add_argument("target", metavar="URL|STATS.json")
     p.add_argument("--budgets", metavar="FILE", help="budgets TOML (required for a STATS.json)")
     p.add_argument("--junit", metavar="FILE", help="also write the verdicts as JUnit XML")
     p.add_argument("--min-samples", type=_non_negative_int, metavar="N")
 
-    from asgi_perf.cli_files import THRESHOLD_METRICS, parse_threshold
+    from asgi_perf.cli.diff import THRESHOLD_METRICS, parse_threshold
 
-    p = command("diff", "cli_files:cmd_diff", "compare two saved snapshots", remote_options=False)
+    p = command("diff", "diff:cmd_diff", "compare two saved snapshots", remote_options=False)
     p.add_argument("base", metavar="BASE.json")
     p.add_argument("new", metavar="NEW.json")
     p.add_argument(
@@ -122,12 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = command(
-        "flamegraph", "cli_files:cmd_flamegraph", "SVG flame graph of a file", remote_options=False
+        "flamegraph", "files:cmd_flamegraph", "SVG flame graph of a file", remote_options=False
     )
     p.add_argument("file", metavar="FILE.prof|FILE.collapsed")
     p.add_argument("-o", "--output", metavar="OUT.svg", help="default: FILE's name with .svg")
 
-    p = command("merge", "cli_files:cmd_merge", "combine profiles into one", remote_options=False)
+    p = command("merge", "files:cmd_merge", "combine profiles into one", remote_options=False)
     p.add_argument("files", nargs="+", metavar="FILE", help=".prof, .collapsed or capture .json")
     p.add_argument(
         "-o", "--output", required=True, metavar="OUT", help="the extension picks the format"
@@ -156,48 +165,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except _UsageError as exc:
-        return _plain_error(str(exc), _EXIT_USAGE)
+        return _plain_error(str(exc), EXIT_USAGE)
     except ImportError as exc:
         return _missing(exc)
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        from asgi_perf import cli_common
+        from asgi_perf.cli import _common
         from asgi_perf.client import PerfClientError
 
         module_name, function = args.handler.split(":")
-        handler = getattr(importlib.import_module(f"asgi_perf.{module_name}"), function)
+        handler = getattr(importlib.import_module(f"asgi_perf.cli.{module_name}"), function)
     except ImportError as exc:
         return _missing(exc)
-    io = cli_common.IO.make()
+    io = _common.IO.make()
     try:
         code: int = handler(args, io)
         return code
-    except cli_common.CLIError as exc:
-        cli_common.print_error(io.err, str(exc))
+    except _common.CLIError as exc:
+        _common.print_error(io.err, str(exc))
         return exc.code
     except PerfClientError as exc:
-        cli_common.print_error(io.err, str(exc))
-        return cli_common.EXIT_SERVER
+        _common.print_error(io.err, str(exc))
+        return EXIT_SERVER
     except KeyboardInterrupt:
-        cli_common.print_error(io.err, "interrupted")
-        return cli_common.EXIT_INTERRUPTED
+        _common.print_error(io.err, "interrupted")
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`| head`): nothing left to say, and Python
         # must not complain again when it flushes stdout at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 141
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        cli_common.print_error(io.err, f"{where}{exc.strerror or exc}")
-        return cli_common.EXIT_USAGE
+        _common.print_error(io.err, f"{where}{exc.strerror or exc}")
+        return EXIT_USAGE
     except Exception as exc:
         # A bug of ours: still one line, and enough to report it.
-        cli_common.print_error(io.err, f"internal error: {type(exc).__name__}: {exc}")
-        return cli_common.EXIT_FAILED
+        _common.print_error(io.err, f"internal error: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
 
 
 def _missing(exc: ImportError) -> int:
     name = exc.name or "a module"
-    return _plain_error(f"{name} is missing: pip install 'asgi-perf[cli]'", _EXIT_USAGE)
+    return _plain_error(f"{name} is missing: pip install 'asgi-perf[cli]'", EXIT_USAGE)
