@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -17,37 +16,17 @@ from xml.etree import ElementTree
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from helpers import closed_port, function_names, load_stats
 
-from asgi_perf import PerfMiddleware
+# The app of the Locust runs: /fast, /fast-client and /burn (20 ms of CPU),
+# recording the X-Perf-Tag each request carried.
+from test_locust_plugin import BROKEN, shop_app
+
 from asgi_perf.client import PerfClient
 from asgi_perf.integrations._perf_run import TAG_HEADER, PerfRun, Settings
 
-BROKEN = {"GET /burn": {"p99_ms": 5, "min_samples": 1}, "*": {"p99_ms": 5000, "min_samples": 1}}
-
 ServerFactory = Callable[..., Any]
-
-
-def load_app(perf: dict[str, Any] | None) -> FastAPI:
-    """``/burn`` holds the event loop for 20 ms, so a window samples it."""
-    app = FastAPI()
-
-    @app.get("/fast")
-    async def fast() -> dict[str, bool]:
-        return {"ok": True}
-
-    @app.get("/burn")
-    async def burn_cpu() -> dict[str, int]:
-        end = time.perf_counter() + 0.02
-        n = 0
-        while time.perf_counter() < end:
-            n += 1
-        return {"n": n}
-
-    if perf is not None:
-        app.add_middleware(PerfMiddleware, **perf)
-    return app
+Seen = set[tuple[str, str | None]]
 
 
 def new_run(url: str, **settings: Any) -> PerfRun:
@@ -69,7 +48,8 @@ def plugin_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 def test_a_broken_budget_saves_the_run_and_asks_for_exit_1(
     live_server: ServerFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = live_server(load_app({"budgets": BROKEN}))
+    seen: Seen = set()
+    server = live_server(shop_app({"budgets": BROKEN}, seen))
     results = tmp_path / "res"
     run = new_run(server.url, results=results, run_id="ci-1")
 
@@ -77,6 +57,7 @@ def test_a_broken_budget_saves_the_run_and_asks_for_exit_1(
     assert run.window_id is not None
     send(server.url, run, ["/fast", "/burn"] * 3)
     assert run.finish() == 1
+    assert seen == {("/fast", "ci-1"), ("/burn", "ci-1")}
 
     out = results / "ci-1"
     assert sorted(p.name for p in out.iterdir()) == [
@@ -107,7 +88,7 @@ def test_a_broken_budget_saves_the_run_and_asks_for_exit_1(
 def test_the_exit_code_set_before_wins_unless_it_is_unset_or_0(
     live_server: ServerFactory, tmp_path: Path, set_before: int | None, expected: int
 ) -> None:
-    server = live_server(load_app({"budgets": BROKEN}))
+    server = live_server(shop_app({"budgets": BROKEN}, set()))
     run = new_run(server.url, results=tmp_path, window=False)
 
     assert run.start()
@@ -118,7 +99,7 @@ def test_the_exit_code_set_before_wins_unless_it_is_unset_or_0(
 def test_a_budgets_file_that_holds_keeps_the_exit_code(
     live_server: ServerFactory, tmp_path: Path
 ) -> None:
-    server = live_server(load_app({"budgets": BROKEN}))
+    server = live_server(shop_app({"budgets": BROKEN}, set()))
     budgets = tmp_path / "generous.toml"
     budgets.write_text('min_samples = 1\n["*"]\np99_ms = "5 s"\n')
     run = new_run(server.url, results=tmp_path / "res", budgets=str(budgets), window=False)
@@ -136,7 +117,7 @@ def test_a_budgets_file_that_holds_keeps_the_exit_code(
 def test_a_window_longer_than_the_app_allows_is_cut_with_a_warning(
     live_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = live_server(load_app({"max_window_seconds": 10}))
+    server = live_server(shop_app({"max_window_seconds": 10}, set()))
     run = new_run(server.url, results=tmp_path, run_time=60)
 
     with caplog.at_level(logging.INFO, logger="asgi_perf.locust"):
@@ -154,7 +135,7 @@ def test_a_target_without_asgi_perf_gets_one_warning_and_no_run(
     if target == "unreachable":
         url, cause = f"http://127.0.0.1:{closed_port()}", "connection refused"
     else:
-        url, cause = live_server(load_app(None)).url, "404"
+        url, cause = live_server(shop_app(None, set())).url, "404"
     run = new_run(url, results=tmp_path / "res")
 
     with caplog.at_level(logging.INFO, logger="asgi_perf.locust"):
