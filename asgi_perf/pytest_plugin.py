@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,12 +26,18 @@ import pytest
 from asgi_perf._types import ASGIApp
 from asgi_perf.config import PerfConfig
 from asgi_perf.errors import ConfigError
-from asgi_perf.memory_watch import MB, MemoryWatch, size_text
+from asgi_perf.testing.budgets import (
+    DEFAULT_MIN_SAMPLES,
+    format_verdict,
+    load_source,
+    merge_budgets,
+)
+from asgi_perf.testing.memory_watch import MB, MemoryWatch, size_text
 from asgi_perf.units import parse_size_mb
 
-if TYPE_CHECKING:  # asgi_perf.testing needs httpx: imported only by tests that use it
+if TYPE_CHECKING:  # asgi_perf.testing.client needs httpx: imported only by tests that use it
     from asgi_perf.budgets import Budget
-    from asgi_perf.testing import BudgetsLike, PerfAppFactory, PerfTestClient
+    from asgi_perf.testing import BudgetsLike, MemoryBudget, PerfAppFactory, PerfTestClient
 
 MARKERS = (
     'perf_budget(pattern, **limits) or perf_budget(budgets="perf-budgets.toml"): budgets '
@@ -113,7 +119,7 @@ def perf_app(request: pytest.FixtureRequest) -> Iterator[PerfAppFactory]:
     ``perf_budget`` markers) are checked when the test body ends.
     """
     _need_httpx()
-    from asgi_perf.testing import DEFAULT_MIN_SAMPLES, PerfTestClient, load_source, merge_budgets
+    from asgi_perf.testing import PerfTestClient
 
     state = _state(request.node.stash)
     root = request.config.rootpath
@@ -135,7 +141,7 @@ def perf_app(request: pytest.FixtureRequest) -> Iterator[PerfAppFactory]:
 
 
 @pytest.fixture
-def memory_budget(request: pytest.FixtureRequest) -> Callable[[float | str], None]:
+def memory_budget(request: pytest.FixtureRequest) -> MemoryBudget:
     """``memory_budget("24 MB")`` limits the tracemalloc peak of the test body
     (the whole body, wherever in it the call is made)."""
     state = _state(request.node.stash)
@@ -165,9 +171,7 @@ def _rooted(source: Any, root: Path) -> Any:
 
 
 def _marker_budgets(mark: pytest.Mark, root: Path) -> tuple[Budget, ...]:
-    _need_httpx()
-    from asgi_perf.testing import load_source
-
+    _need_httpx()  # the budgets are for perf_app: say at setup that it cannot run
     kwargs = dict(mark.kwargs)
     try:
         if len(mark.args) == 1 and isinstance(mark.args[0], str) and "budgets" not in kwargs:
@@ -212,8 +216,6 @@ def _problems(
             )
             problems.extend(watch.top_sites(item.config.rootpath, peak))
         report.append(line + ("" if limit is None else f" (limit {size_text(limit * MB)})"))
-    if state.clients:
-        from asgi_perf.testing import format_verdict
     for client in state.clients:
         for verdict in client.check()["verdicts"]:
             text = format_verdict(verdict)

@@ -1,9 +1,10 @@
-"""Helpers shared by test modules: reading profiles and finding the middleware."""
+"""Helpers shared by test modules: reading profiles, finding the middleware, a closed port."""
 
 from __future__ import annotations
 
 import pstats
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +30,10 @@ def perf_middleware_of(app: Any) -> PerfMiddleware:
             return layer
         layer = getattr(layer, "app", None)
     raise AssertionError("no PerfMiddleware in the stack")
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

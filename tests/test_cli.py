@@ -181,6 +181,7 @@ def test_stats_json_is_the_snapshot(server: str, cli: Run) -> None:
 # --------------------------------------------------------------------------- profile / fetch
 
 
+@pytest.mark.slow
 def test_profile_shows_a_progress_bar_and_saves_a_prof(
     server: str, traffic: None, tmp_path: Path
 ) -> None:
@@ -378,6 +379,7 @@ def test_diff_bad_threshold_syntax(
     assert_one_line_error(err, "--fail", fragment)
 
 
+@pytest.mark.slow
 def test_diff_bad_threshold_in_a_real_process(snapshots: tuple[Path, dict[str, Any]]) -> None:
     base, _ = snapshots
     done = run_subprocess("diff", str(base), str(base), "--fail", "p99:ten")
@@ -525,6 +527,7 @@ def test_unreachable_server(cli: Run) -> None:
     assert_one_line_error(err, "cannot reach", "connection refused")
 
 
+@pytest.mark.slow
 def test_unreachable_server_in_a_real_process() -> None:
     done = run_subprocess("check", f"http://127.0.0.1:{closed_port()}")
     assert done.returncode == 3

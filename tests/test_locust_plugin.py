@@ -24,6 +24,9 @@ from fastapi import FastAPI, Request
 
 from asgi_perf import PerfMiddleware
 
+# Every test runs Locust in a subprocess: outside the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
+
 RUN_TIMEOUT_S = 60
 
 LOCUSTFILE = """

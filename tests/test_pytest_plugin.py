@@ -55,7 +55,10 @@ def app():
 
 @pytest.fixture
 def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A project with a FastAPI app fixture: ``GET /fast`` and ``GET /slow`` (30 ms)."""
+    """A project with a FastAPI app fixture: ``GET /fast`` and ``GET /slow`` (30 ms).
+
+    The tests that use it run pytest in a subprocess: they are marked ``slow``.
+    """
     monkeypatch.setenv("COLUMNS", "200")  # the short summary lines are not cut
     pytester.makeconftest(INNER_CONFTEST)
     # pytest-asyncio is installed here and warns about an unset loop scope.
@@ -70,6 +73,7 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 # --------------------------------------------------------------------------- budgets
 
 
+@pytest.mark.slow
 def test_marker_budget_passes_and_fails_in_the_call_phase(inner: pytest.Pytester) -> None:
     inner.makepyfile(
         test_marker="""
@@ -105,6 +109,7 @@ def test_marker_budget_passes_and_fails_in_the_call_phase(inner: pytest.Pytester
     )
 
 
+@pytest.mark.slow
 def test_fixture_argument_overrides_markers(inner: pytest.Pytester) -> None:
     inner.makepyfile(
         test_argument="""
@@ -152,6 +157,7 @@ def test_fixture_argument_overrides_markers(inner: pytest.Pytester) -> None:
     )
 
 
+@pytest.mark.slow
 def test_budgets_file_from_the_rootdir(
     inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,6 +208,7 @@ def test_budgets_file_from_the_rootdir(
     )
 
 
+@pytest.mark.slow
 def test_tests_without_the_plugin_are_left_alone(inner: pytest.Pytester) -> None:
     inner.makepyfile(
         test_plain="""
@@ -230,6 +237,7 @@ def test_tests_without_the_plugin_are_left_alone(inner: pytest.Pytester) -> None
     result.stdout.no_fnmatch_line("GET /slow p99_ms: * > limit 10 ms (1 sample)")
 
 
+@pytest.mark.slow
 def test_bad_budgets_are_clear_errors(inner: pytest.Pytester) -> None:
     inner.makepyfile(
         test_bad="""
@@ -267,6 +275,7 @@ def test_bad_budgets_are_clear_errors(inner: pytest.Pytester) -> None:
     )
 
 
+@pytest.mark.slow
 def test_markers_are_registered(inner: pytest.Pytester) -> None:
     inner.makepyfile(
         test_strict="""
@@ -284,6 +293,7 @@ def test_markers_are_registered(inner: pytest.Pytester) -> None:
     )
 
 
+@pytest.mark.slow
 def test_the_plugin_can_be_disabled(inner: pytest.Pytester) -> None:
     inner.makepyfile(test_off="def test_off(perf_app):\n    pass\n")
     result = run(inner, "-p", "no:asgi_perf")
@@ -294,6 +304,7 @@ def test_the_plugin_can_be_disabled(inner: pytest.Pytester) -> None:
 # --------------------------------------------------------------------------- memory
 
 
+@pytest.mark.slow
 def test_memory_limits(inner: pytest.Pytester) -> None:
     inner.makepyfile(
         test_memory="""
@@ -345,6 +356,7 @@ def test_memory_limits(inner: pytest.Pytester) -> None:
     )
 
 
+@pytest.mark.slow
 def test_memory_limit_keeps_a_running_tracemalloc(inner: pytest.Pytester) -> None:
     inner.makepyfile(
         test_traced="""

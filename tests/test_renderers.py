@@ -264,6 +264,7 @@ def snakeviz_server(tmp_path: Path) -> Iterator[Any]:
             proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pyinstrument", "cprofile"])
 def test_prof_opens_in_snakeviz(
     kind: str, captures: dict[str, Capture], tmp_path: Path, snakeviz_server: Any

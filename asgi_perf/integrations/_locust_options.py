@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,8 @@ from locust.env import Environment
 from asgi_perf.budgets import load_budgets
 from asgi_perf.engines import ENGINES
 from asgi_perf.errors import ConfigError
+from asgi_perf.integrations._perf_run import DEFAULT_PREFIX, DEFAULT_RESULTS, Settings
 
-DEFAULT_RESULTS = "perf-results"
-DEFAULT_PREFIX = "/_perf"
 # The server keeps at most 64 characters of a tag, and the id names a directory.
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -102,29 +100,18 @@ def add_arguments(parser: LocustArgumentParser, **_: Any) -> None:
     )
 
 
-@dataclass(frozen=True)
-class Settings:
-    results: Path
-    token: str | None
-    prefix: str
-    engine: str | None
-    budgets: str | None
-    run_id: str | None
-    window: bool
-    run_time: int | None
-
-    @classmethod
-    def of(cls, environment: Environment, run_id: str | None) -> Settings:
-        # parsed_options is None when Locust is used as a library; the
-        # attributes are missing when the parser never saw this module.
-        options = environment.parsed_options
-        return cls(
-            results=Path(getattr(options, "perf_results", None) or DEFAULT_RESULTS),
-            token=getattr(options, "perf_token", None) or None,
-            prefix="/" + str(getattr(options, "perf_prefix", None) or DEFAULT_PREFIX).strip("/"),
-            engine=getattr(options, "perf_engine", None),
-            budgets=getattr(options, "perf_budgets", None),
-            run_id=run_id,
-            window=not getattr(options, "no_perf_window", False),
-            run_time=getattr(options, "run_time", None) or None,
-        )
+def settings_of(environment: Environment, run_id: str | None) -> Settings:
+    """The run's settings from Locust's parsed options; ``run_id`` as --perf-run-id gave it."""
+    # parsed_options is None when Locust is used as a library; the
+    # attributes are missing when the parser never saw this module.
+    options = environment.parsed_options
+    return Settings(
+        results=Path(getattr(options, "perf_results", None) or DEFAULT_RESULTS),
+        token=getattr(options, "perf_token", None) or None,
+        prefix="/" + str(getattr(options, "perf_prefix", None) or DEFAULT_PREFIX).strip("/"),
+        engine=getattr(options, "perf_engine", None),
+        budgets=getattr(options, "perf_budgets", None),
+        run_id=run_id,
+        window=not getattr(options, "no_perf_window", False),
+        run_time=getattr(options, "run_time", None) or None,
+    )

@@ -27,6 +27,9 @@ from helpers import function_names, load_stats, perf_middleware_of
 
 from asgi_perf import PerfMiddleware
 
+# Real servers, profiler windows and a subprocess: outside the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
+
 ID_HEADER = "x-perf-profile-id"
 PROFILE = {"X-Perf-Profile": "1"}
 ID_RE = re.compile(r"^[0-9a-f]{16}$")

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from helpers import perf_middleware_of
 from starlette.applications import Starlette
@@ -16,6 +17,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from asgi_perf import PerfMiddleware
+
+# Real servers: outside the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
 
 
 async def stats(client: httpx.AsyncClient) -> dict[str, Any]:

@@ -14,6 +14,9 @@ from fastapi import FastAPI
 
 from asgi_perf import PerfMiddleware
 
+# Real servers and timed loads: outside the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
+
 # A known sleep is measured by the server within the histogram's 1 % error,
 # plus this much for scheduling on a busy CI machine (never a speed limit).
 SLACK_MS = 60

@@ -11,6 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+# The example app under a real server: outside the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
+
 EXAMPLE_APP = Path(__file__).resolve().parents[2] / "examples" / "app.py"
 
 

@@ -17,6 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+# The shop example, its database and its scripts: outside the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 # examples/ is not part of the installed package: import the shop the way
 # uvicorn does (examples.shop.app), from the repository root.

@@ -18,7 +18,7 @@ from asgi_perf.units import number_text
 TOP_SITES = 5
 MB = float(1 << 20)
 _POLL_S = 0.005  # the interpreter's default switch interval: finer polling gains nothing
-_PLUGIN_FILE = str(Path(__file__).with_name("pytest_plugin.py"))
+_PLUGIN_FILE = str(Path(__file__).parent.parent / "pytest_plugin.py")
 # Allocations by tracemalloc itself (snapshots) and by asgi_perf are not the test's.
 _NOT_THE_TESTS = frozenset({tracemalloc.__file__, __file__, _PLUGIN_FILE, "<unknown>"})
 
