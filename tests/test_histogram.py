@@ -128,3 +128,15 @@ def test_record_many_equals_record_one_by_one(seed):
     # bucket; the quantiles must still agree within the error bound.
     for name, value in one.quantiles().items():
         assert many.quantiles()[name] == pytest.approx(value, rel=2 * RELATIVE_ERROR)
+
+
+def test_record_many_finds_new_extremes_inside_the_current_extreme_buckets():
+    h = Histogram()
+    h.record_many([1000, 2000])
+    # 2001 and 999.9 share the buckets of 2000 and 1000: still the new extremes.
+    h.record_many([1500, 2001])
+    h.record_many([999.9, 1200])
+    h.record_many([1100, 1900])  # nothing new: no change
+    assert (h.max, h.min, h.count) == (2001, 999.9, 8)
+    h.record_many([-5, 0, 3000])
+    assert (h.max, h.min, h.zero, h.count) == (3000, -5, 2, 11)
