@@ -26,6 +26,7 @@ from asgi_perf.stats.store import BATCH, EXCEPTION, INCOMPLETE
 logger = logging.getLogger("asgi_perf")
 _perf_counter_ns = time.perf_counter_ns
 _BATCH = BATCH
+_FAST = -2  # memory_start of a request on the fast path
 _random = random.random
 
 
@@ -47,7 +48,6 @@ class PerfMiddleware:
         self._prefix_len = len(cfg.prefix)
         self._key = core.keys.key
         self._pending = core.recorder.pending
-        self._flush = core.recorder.flush
         self._active = core.active
         self._requests = core.requests
         self._sample_rate = cfg.sample_rate
@@ -56,8 +56,14 @@ class PerfMiddleware:
         self._rss = read_rss
         # Reading RSS costs a system call; only every n-th request pays it.
         # The first request is measured so that a quiet app shows a number.
+        # The same turns fold the batch of finished requests, so one turn
+        # comes at least every BATCH requests; a rarer memory sample is
+        # every m-th turn (memory_sample_every rounded to turns).
         every = 1 if cfg.tracemalloc else cfg.memory_sample_every
-        self._memory_turn = itertools.cycle([True] + [False] * (every - 1))
+        turn = min(every, _BATCH // 2)
+        self._turns = itertools.cycle([True] + [False] * (turn - 1))
+        nth = max(1, round(every / turn))
+        self._memory_turn = itertools.cycle([True] + [False] * (nth - 1))
 
     @property
     def budgets(self) -> BudgetSet:
@@ -88,10 +94,14 @@ class PerfMiddleware:
             self._sample_rate and _random() < self._sample_rate
         ):
             ticket = await self._start_profile(scope)
+            if ticket is not None and ticket.on_demand:
+                send = ticket.announcing(send)
 
         t0 = _perf_counter_ns()
         ttfb = end = status = nbytes = 0
-        memory_start = self._memory_start() if next(self._memory_turn) else -1
+        # Every few requests take the slow way out (memory sample, batch
+        # fold), so the fast way has nothing to check but this.
+        memory_start = self._memory_start() if next(self._turns) else _FAST
         active = self._active
         rid = id(scope)
         active[rid] = scope
@@ -109,11 +119,6 @@ class PerfMiddleware:
             elif kind == "http.response.start":
                 status = message["status"]
                 ttfb = _perf_counter_ns()
-                if ticket is not None and ticket.on_demand:
-                    message = {
-                        **message,
-                        "headers": [*message.get("headers", ()), ticket.id_header()],
-                    }
             elif kind == "http.response.pathsend":
                 end = _perf_counter_ns()
                 nbytes += _file_size(message.get("path"))
@@ -126,17 +131,14 @@ class PerfMiddleware:
             self._finish(scope, t0, ttfb, end, status, nbytes, memory_start, exc, ticket)
             raise
         del active[rid]
-        if not end or memory_start >= 0 or ticket is not None:
-            # No complete response, a memory sample or a profile to close: rare.
+        if not end or memory_start != _FAST or ticket is not None:
+            # No complete response, a slow turn or a profile to close: rare.
             self._finish(scope, t0, ttfb, end, status, nbytes, memory_start, None, ticket)
             return
         try:
-            pending = self._pending
-            pending.append(
+            self._pending.append(
                 (self._key(scope), (ttfb or end) - t0, end - t0, status, nbytes, None, 0, end)
             )
-            if len(pending) >= _BATCH:
-                self._flush()
         except Exception as exc:
             self.core.internal_error("record", exc)
 
@@ -186,6 +188,9 @@ class PerfMiddleware:
         return path.startswith(self._prefix) and (len(path) == n or path[n] == "/")
 
     def _memory_start(self) -> int:
+        """The memory reading a slow turn starts from; -1 when it takes none."""
+        if not next(self._memory_turn):
+            return -1
         try:
             return traced_start() if self._tracemalloc else self._rss()
         except Exception as exc:

@@ -14,10 +14,10 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from asgi_perf._types import Scope
+from asgi_perf._types import Message, Scope, Send
 from asgi_perf.engines import Engine, Recording, load_engine
 from asgi_perf.storage import ProfileStore
 
@@ -39,8 +39,16 @@ class Ticket:
     on_demand: bool
     started: float
 
-    def id_header(self) -> tuple[bytes, bytes]:
-        return (PROFILE_ID_HEADER, self.id.encode())
+    def announcing(self, send: Send) -> Send:
+        """``send`` that adds ``X-Perf-Profile-Id`` to the response's headers."""
+        header = (PROFILE_ID_HEADER, self.id.encode())
+
+        def announce(message: Message) -> Awaitable[None]:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            return send(message)
+
+        return announce
 
 
 class RequestProfiler:
