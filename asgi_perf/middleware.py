@@ -26,7 +26,10 @@ from asgi_perf.stats.store import BATCH, EXCEPTION, INCOMPLETE
 logger = logging.getLogger("asgi_perf")
 _perf_counter_ns = time.perf_counter_ns
 _BATCH = BATCH
-_FAST = -2  # memory_start of a request on the fast path
+# memory_start of a request on the fast path, and of one on the slow path
+# that samples no memory (a profiled request outside a slow turn).
+_FAST = -2
+_NO_MEMORY = -1
 _random = random.random
 
 
@@ -42,6 +45,9 @@ class PerfMiddleware:
         self.config = cfg = PerfConfig.from_options(config, **options)
         self.core = core = PerfCore(cfg)
         self.enabled = cfg.enabled
+        if not cfg.enabled:
+            # Decided once: a disabled middleware is the app, untouched.
+            self.__class__ = _Disabled
         self.gate = Gate(cfg.token, cfg.authorize, core.internal_error)
         self._perf_app = make_perf_app(core, self.gate)
         self._prefix = cfg.prefix
@@ -61,7 +67,7 @@ class PerfMiddleware:
         # every m-th turn (memory_sample_every rounded to turns).
         every = 1 if cfg.tracemalloc else cfg.memory_sample_every
         turn = min(every, _BATCH // 2)
-        self._turns = itertools.cycle([True] + [False] * (turn - 1))
+        self._turn = itertools.cycle([True] + [False] * (turn - 1)).__next__
         nth = max(1, round(every / turn))
         self._memory_turn = itertools.cycle([True] + [False] * (nth - 1))
 
@@ -78,7 +84,7 @@ class PerfMiddleware:
         return self.core.reset()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.enabled:
+        if scope["type"] != "http":
             if scope["type"] == "lifespan" and self._lifespan_profile:
                 await self._lifespan(scope, receive, send)
                 return
@@ -88,23 +94,27 @@ class PerfMiddleware:
         if self._prefix in scope["path"] and self._is_perf_path(scope):
             await self._perf_app(scope, receive, send)
             return
+        # Every few requests take the slow way out (memory sample, batch
+        # fold); so does a profiled one. The fast way checks nothing else.
+        memory_start = self._memory_start() if self._turn() else _FAST
         ticket: Ticket | None = None
         # Header membership is one C-level scan of the header list.
         if PROFILE_HEADER in scope["headers"] or (
             self._sample_rate and _random() < self._sample_rate
         ):
             ticket = await self._start_profile(scope)
-            if ticket is not None and ticket.on_demand:
-                send = ticket.announcing(send)
+            if ticket is not None:
+                if memory_start == _FAST:
+                    memory_start = _NO_MEMORY
+                if ticket.on_demand:
+                    send = ticket.announcing(send)
 
         t0 = _perf_counter_ns()
         ttfb = end = status = nbytes = 0
-        # Every few requests take the slow way out (memory sample, batch
-        # fold), so the fast way has nothing to check but this.
-        memory_start = self._memory_start() if next(self._turns) else _FAST
+        # In flight, by start time: unique among running requests, and no
+        # id() call on the hot path.
         active = self._active
-        rid = id(scope)
-        active[rid] = scope
+        active[t0] = scope
 
         # A plain function returning the server's awaitable: no extra
         # coroutine per message. The request ends when the app hands over
@@ -113,8 +123,12 @@ class PerfMiddleware:
             nonlocal ttfb, end, status, nbytes
             kind = message["type"]
             if kind == "http.response.body":
-                nbytes += len(message.get("body", b""))
-                if not message.get("more_body", False):
+                # try, not contextlib.suppress: no context manager per chunk.
+                try:  # noqa: SIM105
+                    nbytes += len(message["body"])
+                except KeyError:  # the body is optional, b"" by default
+                    pass
+                if not message.get("more_body"):
                     end = _perf_counter_ns()
             elif kind == "http.response.start":
                 status = message["status"]
@@ -127,17 +141,18 @@ class PerfMiddleware:
         try:
             await self.app(scope, receive, timed_send)
         except BaseException as exc:
-            del active[rid]
+            active.pop(t0, None)
             self._finish(scope, t0, ttfb, end, status, nbytes, memory_start, exc, ticket)
             raise
-        del active[rid]
-        if not end or memory_start != _FAST or ticket is not None:
+        active.pop(t0, None)
+        if not end or memory_start != _FAST:
             # No complete response, a slow turn or a profile to close: rare.
             self._finish(scope, t0, ttfb, end, status, nbytes, memory_start, None, ticket)
             return
         try:
+            # A complete response started before its body: ttfb is set.
             self._pending.append(
-                (self._key(scope), (ttfb or end) - t0, end - t0, status, nbytes, None, 0, end)
+                (self._key(scope), ttfb - t0, end - t0, status, nbytes, None, 0, end)
             )
         except Exception as exc:
             self.core.internal_error("record", exc)
@@ -190,12 +205,12 @@ class PerfMiddleware:
     def _memory_start(self) -> int:
         """The memory reading a slow turn starts from; -1 when it takes none."""
         if not next(self._memory_turn):
-            return -1
+            return _NO_MEMORY
         try:
             return traced_start() if self._tracemalloc else self._rss()
         except Exception as exc:
             self.core.internal_error("memory", exc)
-            return -1
+            return _NO_MEMORY
 
     def _finish(
         self,
@@ -236,6 +251,13 @@ class PerfMiddleware:
             core.internal_error("record", exc)
         if ticket is not None and self._requests is not None:
             self._requests.finish(ticket, key, status or 500, (end - t0) / 1e6, request_tag(scope))
+
+
+class _Disabled(PerfMiddleware):
+    """``enabled=False``: every scope goes to the app as it came."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 def _file_size(path: object) -> int:

@@ -76,7 +76,10 @@ class RouteKeys:
         on_error: Callable[[str, BaseException], None] | None = None,
         max_entries: int = 10_000,
     ) -> None:
-        self.memo: dict[tuple[int, str, str], tuple[object, str]] = {}
+        self._memo: dict[tuple[int, str, str], str] = {}
+        self._memo_get = self._memo.get
+        # The objects behind the memo's ids, kept so that no id is reused.
+        self._held: list[object] = []
         self._max = max_entries
         self._mounts = MountIndex()
         self._custom = route_key
@@ -89,18 +92,17 @@ class RouteKeys:
         route = scope.get("route")
         if route is None:
             return UNMATCHED
-        ident = route
         fastapi_scope = scope.get("fastapi")
         if fastapi_scope:
             context = fastapi_scope.get(FASTAPI_CONTEXT_KEY)
             if context is not None and context.original_route is route:
-                ident = context
-        hit = self.memo.get((id(ident), scope["method"], scope.get("root_path", "")))
+                route = context  # what names the route under FastAPI
+        hit = self._memo_get((id(route), scope["method"], scope.get("root_path", "")))
         if hit is not None:
-            return hit[1]
+            return hit
         # Starlette's mounts keep the root path they started from; without a
         # mount the root path is still the one the middleware saw.
-        return self._resolve(scope, ident, scope.get("app_root_path", scope.get("root_path", "")))
+        return self._resolve(scope, route, scope.get("app_root_path", scope.get("root_path", "")))
 
     def _custom_key(self, scope: Scope) -> str:
         try:
@@ -120,10 +122,9 @@ class RouteKeys:
             key = UNMATCHED
         else:
             key = f"{method} {template}"
-        if len(self.memo) < self._max:
-            # The object is kept with its key so its id cannot be reused.
-            memo_key = (id(ident), method, scope.get("root_path", ""))
-            self.memo[memo_key] = (ident, key)
+        if len(self._memo) < self._max:
+            self._memo[(id(ident), method, scope.get("root_path", ""))] = key
+            self._held.append(ident)
         return key
 
 
