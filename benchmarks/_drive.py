@@ -10,6 +10,7 @@ import asyncio
 import gc
 import sys
 
+from asgi_perf._types import ASGIApp
 from benchmarks._driver import drive
 from benchmarks.apps import make_app, options_from_env
 
@@ -27,15 +28,15 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-async def _warm_then_drive(app: object, path: str, n: int) -> int:
+async def _warm_then_drive(app: ASGIApp, path: str, n: int) -> int:
     # The first request builds the app's middleware stack. Everything alive
     # after it is set aside from the garbage collector (gc.freeze), so that a
     # full collection, whose cost depends on how many objects start-up left
     # and not on the request, does not land in one run and not the other.
-    await drive(app, path, 1)  # type: ignore[arg-type]
+    await drive(app, path, 1)
     gc.collect()
     gc.freeze()
-    return await drive(app, path, n)  # type: ignore[arg-type]
+    return await drive(app, path, n)
 
 
 if __name__ == "__main__":
