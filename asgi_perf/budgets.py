@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from fnmatch import translate
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from asgi_perf.errors import ConfigError
 from asgi_perf.units import parse_duration_ms, parse_rate, parse_size_mb
@@ -31,7 +31,7 @@ if sys.version_info >= (3, 11):
 else:  # tomli is the same parser, before it joined the standard library
     tomllib = importlib.import_module("tomli")
 
-__all__ = ["METRICS", "Budget", "BudgetSet", "load_budgets"]
+__all__ = ["METRICS", "Budget", "BudgetReport", "BudgetSet", "Outcome", "Verdict", "load_budgets"]
 
 METRICS: tuple[str, ...] = (
     "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "max_mb", "error_rate",
@@ -47,8 +47,34 @@ _KNOWN = ", ".join((*METRICS, "min_samples"))
 _SPECIAL = frozenset({"<unmatched>", "<other>"})
 _TOKEN_RE = re.compile(r"^[!#$%&'+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 tchar, minus the glob '*'
 _GLOB_CHARS = frozenset("*?[")
-_SEVERITY = {"fail": 2, "pass": 1, "insufficient": 0}
 _MAX_CACHED_KEYS = 4096
+
+# What a verdict says: "insufficient" when too few samples (or none) were measured.
+Outcome = Literal["pass", "fail", "insufficient"]
+_SEVERITY: Mapping[Outcome, int] = {"fail": 2, "pass": 1, "insufficient": 0}
+
+
+class Verdict(TypedDict):
+    """One route and metric checked against the budget that applies to it."""
+
+    route: str
+    pattern: str  # the budget's pattern, normalised
+    metric: str  # a name from METRICS
+    limit: float
+    measured: float | None  # None when nothing was measured
+    margin: float | None  # limit - measured: negative when over
+    samples: int
+    verdict: Outcome
+
+
+class BudgetReport(TypedDict):
+    """What ``BudgetSet.check`` returns and ``GET {prefix}/budgets`` serves."""
+
+    schema: int
+    ok: bool  # False when any verdict is "fail"
+    source: str
+    min_samples: int
+    verdicts: list[Verdict]  # fails first, then by route and metric
 
 
 @dataclass(frozen=True)
@@ -136,7 +162,7 @@ class BudgetSet:
         """True when there is at least one budget."""
         return bool(self.budgets)
 
-    def check(self, snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    def check(self, snapshot: Mapping[str, Any]) -> BudgetReport:
         """Verdicts for every route and budgeted metric; ``ok`` is False on any fail.
 
         An exact ``"METHOD /path"`` pattern with no such route in the snapshot
@@ -164,16 +190,16 @@ class BudgetSet:
             "verdicts": verdicts,
         }
 
-    def route_verdict(self, route_entry: Mapping[str, Any]) -> str | None:
+    def route_verdict(self, route_entry: Mapping[str, Any]) -> Outcome | None:
         """The worst verdict of one snapshot route entry ("fail" > "pass" >
         "insufficient"), or None when no budget applies to it."""
         verdicts = self._entry_verdicts(route_entry)
         if not verdicts:
             return None
-        worst: str = max((v["verdict"] for v in verdicts), key=_SEVERITY.__getitem__)
+        worst: Outcome = max((v["verdict"] for v in verdicts), key=_SEVERITY.__getitem__)
         return worst
 
-    def _entry_verdicts(self, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _entry_verdicts(self, entry: Mapping[str, Any]) -> list[Verdict]:
         route = entry.get("route")
         if not isinstance(route, str):
             return []
@@ -206,10 +232,11 @@ class BudgetSet:
 
     def _verdict(
         self, route: str, budget: Budget, metric: str, entry: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    ) -> Verdict:
         measured, samples = _measure(entry, metric)
         limit = budget.limits[metric]
         needed = self.min_samples if budget.min_samples is None else budget.min_samples
+        verdict: Outcome
         if measured is None or samples < needed:
             verdict = "insufficient"
         else:

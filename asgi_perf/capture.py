@@ -13,7 +13,10 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict, cast
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's own from Python 3.11
 
 
 class FrameId(NamedTuple):
@@ -26,13 +29,49 @@ class FrameId(NamedTuple):
 
 Stack = tuple[FrameId, ...]
 # What a stored profile was taken of (``meta["kind"]``).
-PROFILE_KINDS = ("request", "window", "lifespan")
+ProfileKind = Literal["request", "window", "lifespan"]
+PROFILE_KINDS: tuple[ProfileKind, ...] = ("request", "window", "lifespan")
 # pstats' own layout: func -> (primitive calls, calls, self s, cumulative s, callers),
 # callers: func -> (calls, primitive calls, self s, cumulative s) -- cProfile puts the
 # two counts the other way round there, and pstats reads them so.
 PstatsKey = tuple[str, int, str]
 PstatsEntry = tuple[int, int, float, float, dict[PstatsKey, tuple[int, int, float, float]]]
 PstatsDict = dict[PstatsKey, PstatsEntry]
+
+
+class ProfileMeta(TypedDict, total=False):
+    """What a capture says about itself (``Capture.meta``); every key is optional.
+
+    Whoever makes a capture fills what it knows, ``ProfileStore.add`` adds the
+    rest, and the store serves it as the profile's JSON description.
+    """
+
+    # Of a profile taken in the app (the request or window profiler).
+    id: str  # 16 hex digits
+    kind: ProfileKind | Literal["merged", "file"]  # merged: combine(); file: read by the CLI
+    engine: str
+    route: str | None  # route key; "<process>" for a window; None for a merge by ids
+    method: str  # the request's, or the window's kind upper-cased
+    status: int | None  # None for a window
+    duration_ms: float
+    start: float  # time.time() when it started
+    pid: int
+    tag: str | None  # X-Perf-Tag, or the window's tag
+    trigger: Literal["header", "sample"]  # why a request was profiled
+    # Added by ProfileStore.add.
+    created: float
+    size_bytes: int  # of the capture's JSON
+    # Only in what Windows.stop returns: whether the store kept the profile.
+    stored: bool
+    # Of a merge (combine): how many captures, and which.
+    parts: int
+    ids: list[str]
+    files: list[str]
+    # From the engine.
+    interval_s: float  # pyinstrument's sampling interval
+    samples: int  # pyinstrument's sample count
+    clock: str  # yappi's "wall" or "cpu"
+    threads: int  # threads yappi saw in a window
 
 
 @dataclass
@@ -48,7 +87,7 @@ class Capture:
     exact_stacks: bool = True
     # pyinstrument's own session (Session.to_json()), for its HTML viewer.
     session: dict[str, Any] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: ProfileMeta = field(default_factory=ProfileMeta)
 
     @property
     def total_s(self) -> float:
@@ -97,11 +136,12 @@ class Capture:
             pstats=None if raw is None else _pstats_from_json(raw),
             exact_stacks=bool(data.get("exact_stacks", True)),
             session=data.get("session"),
-            meta=dict(data.get("meta") or {}),
+            # As to_json wrote it; keys this version does not know are kept.
+            meta=cast(ProfileMeta, dict(data.get("meta") or {})),
         )
 
 
-def combine(captures: Iterable[Capture], meta: Mapping[str, Any] | None = None) -> Capture:
+def combine(captures: Iterable[Capture], meta: ProfileMeta | None = None) -> Capture:
     """One capture adding up several (a route's profiles, a list of ids)."""
     parts = list(captures)
     stacks: dict[Stack, float] = {}
@@ -291,6 +331,6 @@ def _pstats_from_json(raw: Iterable[Any]) -> PstatsDict:
     return out
 
 
-def replace_meta(capture: Capture, **meta: Any) -> Capture:
+def replace_meta(capture: Capture, **meta: Unpack[ProfileMeta]) -> Capture:
     """A copy with ``meta`` updated (captures are shared by the store)."""
     return dataclasses.replace(capture, meta={**capture.meta, **meta})

@@ -12,12 +12,15 @@ import os
 import re
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 import httpx
 
 from asgi_perf.config import PerfConfig
+
+if TYPE_CHECKING:
+    from asgi_perf.budgets import BudgetReport
 
 __all__ = ["DEFAULT_PREFIX", "PerfClient", "PerfClientError"]
 
@@ -104,9 +107,10 @@ class PerfClient:
         """``GET {prefix}/stats``: the snapshot."""
         return self._json("GET", "/stats")
 
-    def budgets(self) -> dict[str, Any]:
+    def budgets(self) -> BudgetReport:
         """``GET {prefix}/budgets``: the verdicts of the app's own budgets."""
-        return self._json("GET", "/budgets")
+        # As the server wrote it (BudgetSet.check); a JSON object, not checked further.
+        return cast("BudgetReport", self._json("GET", "/budgets"))
 
     def reset(self) -> dict[str, Any]:
         """``POST {prefix}/reset``: clears the numbers; the snapshot it cleared."""

@@ -16,13 +16,15 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from asgi_perf.capture import Capture
+from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.engines import Engine, Recording
 from asgi_perf.storage import ProfileStore
 
 _IDLE_WAIT_S = 5.0
+
+WindowKind = Literal["window", "lifespan"]
 
 
 class WindowBusy(Exception):
@@ -40,7 +42,7 @@ class EngineBusy(Exception):
 @dataclass
 class Window:
     id: str
-    kind: str
+    kind: WindowKind
     engine: str
     started: float
     ends_at: float | None
@@ -116,7 +118,7 @@ class Windows:
         engine: str,
         seconds: float | None,
         *,
-        kind: str = "window",
+        kind: WindowKind = "window",
         interval_ms: float | None = None,
         tag: str | None = None,
     ) -> Window:
@@ -147,7 +149,7 @@ class Windows:
         if self.current is not None and self.current.id == window_id:
             self.stop(window_id)
 
-    def stop(self, window_id: str) -> dict[str, Any] | None:
+    def stop(self, window_id: str) -> ProfileMeta | None:
         """End the window and store its profile; returns its metadata."""
         window = self.current
         if window is None or window.id != window_id:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
-from asgi_perf.budgets import METRICS, Budget, BudgetSet, load_budgets
+from asgi_perf.budgets import (
+    METRICS,
+    Budget,
+    BudgetReport,
+    BudgetSet,
+    Outcome,
+    Verdict,
+    load_budgets,
+)
 from asgi_perf.errors import ConfigError
 from asgi_perf.units import number_text, parse_duration_ms, parse_rate, parse_size_mb
 
@@ -348,6 +356,7 @@ def test_verdict(
     assert v["samples"] == (entry["memory_mb"]["samples"] if "max_mb" in limits else entry["count"])
     assert set(v) == {"route", "pattern", "metric", "limit", "measured", "margin", "samples",
                       "verdict"}  # fmt: skip
+    assert set(v) == Verdict.__required_keys__  # the record names exactly what is served
     assert result["ok"] is (verdict != "fail")
 
 
@@ -393,6 +402,8 @@ def test_report_order_and_ok() -> None:
     )
     assert result["ok"] is False
     assert (result["schema"], result["source"]) == (1, "budgets")
+    assert set(result) == BudgetReport.__required_keys__
+    assert {v["verdict"] for v in result["verdicts"]} == set(get_args(Outcome))
     assert [(v["route"], v["metric"], v["verdict"]) for v in result["verdicts"]] == [
         ("GET /b", "p99_ms", "fail"),
         ("GET /z", "p99_ms", "fail"),

@@ -28,6 +28,7 @@ from helpers import function_names, load_stats
 from starlette.responses import JSONResponse
 
 from asgi_perf import ConfigError, PerfMiddleware
+from asgi_perf.capture import ProfileMeta
 
 ENGINES = ["pyinstrument", "yappi", "cprofile"]
 # cProfile sees everything the event loop ran: it does not keep requests apart.
@@ -179,6 +180,11 @@ def assert_download(response: httpx.Response) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
+def assert_declared(described: dict[str, Any]) -> None:
+    """Every metadata key served is one ``ProfileMeta`` names (the API adds schema and links)."""
+    assert set(described) - {"schema", "links"} <= ProfileMeta.__optional_keys__
+
+
 def profiling_stats(mw: PerfMiddleware) -> dict[str, Any]:
     stats: dict[str, Any] = mw.snapshot()["profiling"]
     return stats
@@ -274,6 +280,7 @@ async def test_profile_header_profiles_the_request_and_names_the_profile(
     assert meta["start"] > 0
     assert isinstance(meta["pid"], int)
     assert set(FORMATS) <= set(meta["links"])
+    assert_declared(meta)
     requests = profiling_stats(mw)["requests"]
     assert requests["profiled"] == 1
     assert requests["active"] == 0
@@ -835,6 +842,8 @@ async def test_a_started_window_blocks_others_and_stops_on_request(engine, clien
         assert meta["kind"] == "window"
         assert meta["engine"] == engine
         assert set(FORMATS) <= set(meta["links"])
+        assert meta["stored"] is True
+        assert_declared(meta)
         assert profiling_stats(mw)["windows"]["running"] is None
         assert profiling_stats(mw)["windows"]["completed"] == 1
 

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from asgi_perf.api._http import SECURITY_HEADERS, BadRequest
-from asgi_perf.capture import Capture
+from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.renderers import RENDERERS, NotRenderable, Renderer
 from asgi_perf.storage import ID_RE, ProfileStore, route_slug
 
@@ -33,7 +33,7 @@ class Downloads:
         out["snakeviz"] = f"{base}/snakeviz"
         return out
 
-    def described(self, meta: dict[str, Any]) -> dict[str, Any]:
+    def described(self, meta: ProfileMeta) -> dict[str, Any]:
         return {"schema": 1, **meta, "links": self.links(meta["id"])}
 
     def resolve(self, request: Request, ref: str) -> str:
@@ -87,6 +87,6 @@ def renderer(fmt: str) -> Renderer:
     return found
 
 
-def file_stem(meta: dict[str, Any]) -> str:
+def file_stem(meta: ProfileMeta) -> str:
     """The download name of a profile: its route's slug and its id."""
     return f"{route_slug(str(meta.get('route') or 'profile'))}-{meta['id']}"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from asgi_perf.api._downloads import Downloads, file_stem, renderer
 from asgi_perf.api._http import AddRoute, BadRequest, json_response
+from asgi_perf.capture import ProfileMeta
 from asgi_perf.core import PerfCore
 from asgi_perf.engines import ENGINES
 from asgi_perf.storage import ID_RE
@@ -87,7 +87,7 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
         if client_left:
             # The client is gone; uvicorn drops whatever is sent now.
             return Response(status_code=499)
-        meta: dict[str, Any] | None = windows.stop(window.id)
+        meta: ProfileMeta | None = windows.stop(window.id)
         if meta is None:
             # The time limit (or a stop request) ended it first.
             try:

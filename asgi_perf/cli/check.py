@@ -12,7 +12,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from asgi_perf.budgets import BudgetSet, load_budgets
+from asgi_perf.budgets import BudgetSet, Verdict, load_budgets
 from asgi_perf.cli._common import (
     IO,
     CLIError,
@@ -75,7 +75,7 @@ def _budgets(args: argparse.Namespace) -> BudgetSet | None:
     return budgets
 
 
-def verdicts_table(verdicts: list[dict[str, Any]], source: str) -> Table:
+def verdicts_table(verdicts: list[Verdict], source: str) -> Table:
     # Text, not markup: a route or a file name may hold "[...]".
     table = Table(
         title=Text(f"budget verdicts, source: {source}") if source else None, title_justify="left"
@@ -108,7 +108,7 @@ def _value(metric: str, value: Any) -> str:
     return number_text(value) + unit
 
 
-def write_junit(path: Path, verdicts: list[dict[str, Any]], source: str) -> None:
+def write_junit(path: Path, verdicts: list[Verdict], source: str) -> None:
     """One testcase per verdict: ``failure`` for fail, ``skipped`` for insufficient."""
     counts = Counter(str(v.get("verdict")) for v in verdicts)
     totals = {

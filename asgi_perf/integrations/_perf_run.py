@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from asgi_perf.budgets import load_budgets
+from asgi_perf.budgets import BudgetReport, load_budgets
 from asgi_perf.client import PerfClient, PerfClientError
 from asgi_perf.errors import ConfigError
 from asgi_perf.integrations._summary import broken, summary
@@ -153,7 +153,7 @@ class PerfRun:
 
     # ----------------------------------------------------------------- finish
 
-    def _collect(self) -> dict[str, Any] | None:
+    def _collect(self) -> BudgetReport | None:
         """Save the run's files and print the verdicts; the verdicts, or None."""
         out = self.results
         saved: list[Path] = []
@@ -196,7 +196,7 @@ class PerfRun:
         self._report(stats, verdicts, saved)
         return verdicts
 
-    def _verdicts(self, stats: dict[str, Any]) -> dict[str, Any] | None:
+    def _verdicts(self, stats: dict[str, Any]) -> BudgetReport | None:
         if self.settings.budgets is not None:
             try:
                 return load_budgets(self.settings.budgets).check(stats)
@@ -210,7 +210,7 @@ class PerfRun:
             return None
 
     def _report(
-        self, stats: dict[str, Any], verdicts: dict[str, Any] | None, saved: list[Path]
+        self, stats: dict[str, Any], verdicts: BudgetReport | None, saved: list[Path]
     ) -> None:
         for line in broken(verdicts):
             log.warning("asgi_perf: budget broken: %s", line)
@@ -240,5 +240,5 @@ def _write_json(path: Path, data: Any) -> Path:
     return path
 
 
-def _failed(verdicts: dict[str, Any]) -> bool:
+def _failed(verdicts: BudgetReport) -> bool:
     return any(v.get("verdict") == "fail" for v in verdicts.get("verdicts") or ())

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from asgi_perf.budgets import BudgetReport, Verdict
+
 _TABLE_ROWS = 20
 
 
@@ -21,7 +23,7 @@ def fmt(metric: str, value: Any) -> str:
     return f"{value}"
 
 
-def table(verdicts: list[dict[str, Any]]) -> list[str]:
+def table(verdicts: list[Verdict]) -> list[str]:
     # Fails first (the server and BudgetSet.check already sort them so); the
     # rest is cut to keep the summary short, budgets.json has everything.
     failing = [v for v in verdicts if v.get("verdict") == "fail"]
@@ -57,12 +59,12 @@ def summary(
     run_id: str,
     host: str,
     stats: dict[str, Any],
-    verdicts: dict[str, Any] | None,
+    verdicts: BudgetReport | None,
     saved: list[Path],
 ) -> list[str]:
     """What the run measured, the verdicts as a table, and the files saved."""
     lines = [f"asgi_perf: run {run_id} on {host}: {stats.get('requests', 0)} requests seen"]
-    rows = list((verdicts or {}).get("verdicts") or ())
+    rows = _rows(verdicts)
     if verdicts is None:
         lines.append("no budget verdicts")
     elif not rows:
@@ -86,11 +88,16 @@ def summary(
     return lines
 
 
-def broken(verdicts: dict[str, Any] | None) -> list[str]:
+def broken(verdicts: BudgetReport | None) -> list[str]:
     """One line per failed verdict: ``GET /x p99_ms 81.4 ms > 50.0 ms``."""
     return [
         f"{v.get('route')} {v.get('metric')} {fmt(str(v.get('metric')), v.get('measured'))}"
         f" > {fmt(str(v.get('metric')), v.get('limit'))}"
-        for v in (verdicts or {}).get("verdicts") or ()
+        for v in _rows(verdicts)
         if v.get("verdict") == "fail"
     ]
+
+
+def _rows(verdicts: BudgetReport | None) -> list[Verdict]:
+    # The report may come from another version's server: no "verdicts" is none.
+    return list(verdicts.get("verdicts") or ()) if verdicts else []

@@ -18,9 +18,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
-from asgi_perf.capture import Capture
+from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.storage.retention import REQUEST
 
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
@@ -79,7 +78,7 @@ def route_slug(route: str, method: str = "", *, fallback: str = "root") -> str:
     return slug or fallback
 
 
-def file_stem(meta: dict[str, Any]) -> str:
+def file_stem(meta: ProfileMeta) -> str:
     """``{utc}-{METHOD}-{route-slug}-{ms}ms-{id}``."""
     start = meta.get("start")
     stamp = time.strftime(

@@ -12,11 +12,11 @@ import builtins
 import heapq
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Final
 
-from asgi_perf.capture import Capture
+from asgi_perf.capture import Capture, ProfileMeta
 
-REQUEST = "request"
+REQUEST: Final = "request"
 
 
 class Entry:
@@ -152,9 +152,9 @@ class Retention:
 
     def list(
         self, *, route: str | None, kind: str | None, tag: str | None, limit: int
-    ) -> builtins.list[dict[str, Any]]:
+    ) -> builtins.list[ProfileMeta]:
         """Copies of the matching profiles' metadata, newest first, at most ``limit``."""
-        out: builtins.list[dict[str, Any]] = []
+        out: builtins.list[ProfileMeta] = []
         if limit <= 0:
             return out
         for e in reversed(self.entries.values()):
@@ -164,7 +164,7 @@ class Retention:
                 and (kind is None or e.kind == kind)
                 and (tag is None or meta.get("tag") == tag)
             ):
-                out.append(dict(meta))
+                out.append(meta.copy())
                 if len(out) >= limit:
                     break
         return out

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from asgi_perf.capture import Capture
+from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.errors import ConfigError
 from asgi_perf.storage.disk import ProfileDir, capture_json
 from asgi_perf.storage.render_cache import RenderCache
@@ -98,7 +98,11 @@ class ProfileStore:
         profile_id = (
             wanted if isinstance(wanted, str) and ID_RE.match(wanted) and not taken else None
         )
-        meta = {**capture.meta, "id": profile_id or secrets.token_hex(8), "created": self._clock()}
+        meta: ProfileMeta = {
+            **capture.meta,
+            "id": profile_id or secrets.token_hex(8),
+            "created": self._clock(),
+        }
         meta["kind"] = meta.get("kind") or REQUEST
         duration_ms = meta.get("duration_ms")
         meta["duration_ms"] = (
@@ -153,9 +157,9 @@ class ProfileStore:
         """The capture (shared: treat it as read-only). KeyError if unknown."""
         return self._entry(profile_id).capture
 
-    def meta(self, profile_id: str) -> dict[str, Any]:
+    def meta(self, profile_id: str) -> ProfileMeta:
         """A copy of the profile's metadata."""
-        return dict(self._entry(profile_id).capture.meta)
+        return self._entry(profile_id).capture.meta.copy()
 
     def path_of(self, profile_id: str) -> Path | None:
         """The ``.prof`` file, or None when none was written."""
@@ -169,7 +173,7 @@ class ProfileStore:
         kind: str | None = None,
         tag: str | None = None,
         limit: int = 100,
-    ) -> builtins.list[dict[str, Any]]:
+    ) -> builtins.list[ProfileMeta]:
         """Metadata of the matching profiles, newest first, at most ``limit``."""
         with self._lock:
             return self._index.list(route=route, kind=kind, tag=tag, limit=limit)

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import httpx
 
 from asgi_perf._types import ASGIApp, Receive, Scope, Send
-from asgi_perf.budgets import BudgetSet, load_budgets
+from asgi_perf.budgets import BudgetReport, BudgetSet, load_budgets
 from asgi_perf.config import PerfConfig
 from asgi_perf.middleware import PerfMiddleware
 from asgi_perf.testing.budgets import (
@@ -112,7 +112,7 @@ class PerfTestClient(httpx.Client):
         """The middleware's stats snapshot, as ``GET /_perf/stats`` serves it."""
         return self.perf.snapshot()
 
-    def check(self) -> dict[str, Any]:
+    def check(self) -> BudgetReport:
         """Verdicts of this client's budgets, as ``GET /_perf/budgets`` serves them."""
         return self.budgets.check(self.perf.snapshot())
 
