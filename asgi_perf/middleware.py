@@ -186,7 +186,11 @@ class PerfMiddleware:
                 try:
                     meta = core.windows.stop(window_id)
                     if meta is not None:
-                        logger.info("asgi_perf: lifespan profile %s", meta.get("path"))
+                        logger.info(
+                            "asgi_perf: lifespan profile %s written to %s",
+                            meta.get("id"),
+                            self.config.profile_dir,
+                        )
                 except Exception as exc:
                     core.internal_error("lifespan_profile", exc)
             return message
