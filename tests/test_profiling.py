@@ -161,6 +161,18 @@ def mentions(stacks: list[list[str]], function: str) -> bool:
     return any(pattern.search(frame) for stack in stacks for frame in stack)
 
 
+def viewer_seconds(page: str, function: str) -> float:
+    """Seconds under ``function``'s outermost frames in an ``.html`` profile's call tree."""
+    data = json.loads(page.split("const sessionData = ", 1)[1].split(";\n", 1)[0])
+
+    def walk(node: dict[str, Any]) -> float:
+        if node["identifier"].split("\x00")[0] == function:
+            return float(node["time"])
+        return sum(walk(child) for child in node["children"])
+
+    return walk(data["frame_tree"])
+
+
 def assert_json_error(response: httpx.Response, status: int | None = None) -> dict[str, Any]:
     """A 4xx JSON error (never a 500, never HTML)."""
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
@@ -583,6 +595,41 @@ async def test_the_store_is_bounded_by_bytes(client_for):
     assert store["bytes"] <= max_bytes
     assert store["count"] < 6
     assert store["evicted"] >= 1
+
+
+async def test_a_pyinstrument_profile_does_not_grow_while_its_request_waits(client_for):
+    """Waiting while other requests keep the event loop busy costs a profile nothing.
+
+    pyinstrument takes a sample every interval for the whole life of a
+    request, awaits included: a one-second wait must not be stored as a
+    thousand copies of the same stack.
+    """
+    mw = perf(engine="pyinstrument")
+    sizes: dict[int, int] = {}
+    async with client_for(mw) as client:
+        for ms in (20, 1000):
+            done = asyncio.Event()
+
+            async def keep_busy(done: asyncio.Event = done) -> None:
+                # Unprofiled requests: CPU work that yields to the loop often.
+                while not done.is_set():
+                    assert (await client.get("/alpha")).status_code == 200
+
+            busy = asyncio.create_task(keep_busy())
+            try:
+                pid = await profiled(client, f"/nap?ms={ms}")
+            finally:
+                done.set()
+                await busy
+            meta = (await client.get(f"/_perf/profiles/{pid}")).json()
+            assert meta["samples"] > 0, meta
+            sizes[ms] = meta["size_bytes"]
+            # pyinstrument's viewer still shows all of the wait, where it was.
+            page = await client.get(f"/_perf/profiles/{pid}.html")
+            assert page.status_code == 200, page.text
+            assert viewer_seconds(page.text, "nap") >= 0.9 * ms / 1000, ms
+        assert profiling_stats(mw)["requests"]["profiled"] == 2
+    assert sizes[1000] < 2 * sizes[20], sizes
 
 
 # --------------------------------------------------------------------------- store endpoints
