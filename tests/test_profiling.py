@@ -583,18 +583,25 @@ async def test_the_store_spares_the_kept_slowest_when_bounded(client_for):
 async def test_the_store_is_bounded_by_bytes(client_for):
     probe = perf()
     async with client_for(probe) as client:
-        pid = await profiled(client, "/alpha")
-        size = (await client.get(f"/_perf/profiles/{pid}")).json()["size_bytes"]
-    max_bytes = max(1024, int(size * 3))
+        sizes = []
+        for _ in range(3):
+            pid = await profiled(client, "/alpha")
+            sizes.append((await client.get(f"/_perf/profiles/{pid}")).json()["size_bytes"])
+    # The first profile of an app is the biggest (FastAPI inspects the endpoint
+    # once); the others still vary by 2-3x with where the samples fell.
+    max_bytes = 4 * max(sizes[1:])
     mw = perf(max_profile_bytes=max_bytes, keep_slowest=0)
+    ids: list[str] = []
     async with client_for(mw) as client:
-        ids = [await profiled(client, "/alpha") for _ in range(6)]
+        # So how many fit is not known beforehand: profile until one is evicted.
+        while profiling_stats(mw)["store"]["evicted"] == 0:
+            assert len(ids) < 100, (max_bytes, profiling_stats(mw)["store"])
+            ids.append(await profiled(client, "/alpha"))
         newest = await client.get(f"/_perf/profiles/{ids[-1]}.prof")
         assert newest.status_code == 200, newest.text
     store = profiling_stats(mw)["store"]
     assert store["bytes"] <= max_bytes
-    assert store["count"] < 6
-    assert store["evicted"] >= 1
+    assert 1 <= store["count"] < len(ids)
 
 
 async def test_a_pyinstrument_profile_does_not_grow_while_its_request_waits(client_for):
