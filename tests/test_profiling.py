@@ -614,6 +614,8 @@ async def test_a_pyinstrument_profile_does_not_grow_while_its_request_waits(clie
     mw = perf(engine="pyinstrument")
     sizes: dict[int, int] = {}
     async with client_for(mw) as client:
+        # An app's first profile is the biggest (FastAPI inspects the endpoint once).
+        await profiled(client, "/nap?ms=1")
         for ms in (20, 1000):
             done = asyncio.Event()
 
@@ -635,8 +637,10 @@ async def test_a_pyinstrument_profile_does_not_grow_while_its_request_waits(clie
             page = await client.get(f"/_perf/profiles/{pid}.html")
             assert page.status_code == 200, page.text
             assert viewer_seconds(page.text, "nap") >= 0.9 * ms / 1000, ms
-        assert profiling_stats(mw)["requests"]["profiled"] == 2
-    assert sizes[1000] < 2 * sizes[20], sizes
+        assert profiling_stats(mw)["requests"]["profiled"] == 3
+    # Warm profiles vary with where the samples fell (0.8-1.4x here under
+    # coverage); every sample kept would make it 50x.
+    assert sizes[1000] < 3 * sizes[20], sizes
 
 
 # --------------------------------------------------------------------------- store endpoints
