@@ -35,8 +35,15 @@ from asgi_perf import PerfMiddleware
 # The pytest plugin of asgi_perf is tested by running pytest on small test files.
 pytest_plugins = ("pytester",)
 
-STARTUP_TIMEOUT_S = 10.0
+# Only a guard against a server that never starts (a crash ends the wait at
+# once): the shop example seeds 50 000 rows at start-up, slowly under coverage.
+STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 10.0
+# Idle connections outlive the clients' own keep-alive (httpx: 5 s). With
+# uvicorn's default, also 5 s, a client could reuse a connection just as the
+# server closed it: "Server disconnected without sending a response" under
+# load, when the client reads its responses long after the server sent them.
+KEEP_ALIVE_S = 60
 
 
 # --------------------------------------------------------------------------- uvicorn
@@ -68,6 +75,7 @@ class LiveServer:
             root_path=self.root_path,
             log_level="warning",
             access_log=False,
+            timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=5,
         )
         self.server = server = uvicorn.Server(config)

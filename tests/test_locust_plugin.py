@@ -27,11 +27,39 @@ from asgi_perf import PerfMiddleware
 # Every test runs Locust in a subprocess: outside the quick loop (-m "not slow").
 pytestmark = pytest.mark.slow
 
-RUN_TIMEOUT_S = 60
+RUN_TIMEOUT_S = 90
+# The run stops itself once every route had this many requests; -t is only a
+# cap. gevent reads its clock when its loop runs, not while Locust imports the
+# locustfile: on a busy machine a run time of a few seconds could end the run
+# before the test had started, with nothing the plugin could report.
+ENOUGH_REQUESTS = 3
+MAX_RUN_S = 30
 
-LOCUSTFILE = """
+LOCUSTFILE = f"""
 import asgi_perf.integrations.locust  # noqa: F401
-from locust import FastHttpUser, HttpUser, constant, task
+import gevent
+from locust import FastHttpUser, HttpUser, constant, events, task
+from locust.runners import WorkerRunner
+
+ENOUGH = {ENOUGH_REQUESTS}
+ROUTES = ("/fast", "/burn", "/fast-client")
+
+
+@events.test_start.add_listener
+def stop_when_every_route_had_enough(environment, **_):
+    if isinstance(environment.runner, WorkerRunner):
+        return  # the master counts the workers' requests, and stops them
+
+    def requests(route):
+        entry = environment.runner.stats.entries.get((route, "GET"))
+        return 0 if entry is None else entry.num_requests
+
+    def watch():
+        while min(requests(route) for route in ROUTES) < ENOUGH:
+            gevent.sleep(0.05)
+        environment.runner.quit()
+
+    gevent.spawn(watch)
 
 
 class Shopper(HttpUser):
@@ -92,9 +120,9 @@ def locust_cmd(locustfile: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "locust", "-f", str(locustfile), *args]
 
 
-def headless(host: str, results: Path, *extra: str, seconds: int = 3) -> list[str]:
+def headless(host: str, results: Path, *extra: str) -> list[str]:
     return [
-        "--headless", "-u", "4", "-r", "4", "-t", f"{seconds}s", "--host", host,
+        "--headless", "-u", "4", "-r", "4", "-t", f"{MAX_RUN_S}s", "--host", host,
         "--perf-results", str(results), "--only-summary", *extra,
     ]  # fmt: skip
 

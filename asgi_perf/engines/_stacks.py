@@ -17,13 +17,18 @@ def trim_to_app(stack: Stack) -> Stack:
     Only the first run of own frames is cut: the app calling back into
     asgi_perf (its ``send`` wrapper) stays visible where it happens.
     """
+    return stack[app_start(stack) :]
+
+
+def app_start(stack: Stack) -> int:
+    """Where ``trim_to_app`` cuts ``stack``: the index of its first app frame."""
     start = next((i for i, f in enumerate(stack) if is_own_frame(f)), -1)
     if start < 0:
-        return stack
+        return 0
     end = start
     while end < len(stack) and is_own_frame(stack[end]):
         end += 1
-    return stack[end:]
+    return end
 
 
 def is_own_frame(frame: FrameId) -> bool:
