@@ -11,9 +11,10 @@ from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 
 from asgi_perf.budgets import load_budgets
+from asgi_perf.client import DEFAULT_PREFIX
 from asgi_perf.engines import ENGINES
 from asgi_perf.errors import ConfigError
-from asgi_perf.integrations._perf_run import DEFAULT_PREFIX, DEFAULT_RESULTS, Settings
+from asgi_perf.integrations._perf_run import DEFAULT_RESULTS, Settings
 
 # The server keeps at most 64 characters of a tag, and the id names a directory.
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from asgi_perf.budgets import BudgetReport, load_budgets
-from asgi_perf.client import PerfClient, PerfClientError
+from asgi_perf.client import DEFAULT_PREFIX, PerfClient, PerfClientError
 from asgi_perf.errors import ConfigError
 from asgi_perf.integrations._summary import broken, summary
 
 TAG_HEADER = "X-Perf-Tag"
 DEFAULT_RESULTS = "perf-results"
-DEFAULT_PREFIX = "/_perf"
 # The server's default max_window_seconds: a longer request is a 400, so it is
 # retried without ``seconds`` (the server then uses its own maximum).
 _DEFAULT_MAX_WINDOW_S = 300
