@@ -41,7 +41,7 @@ class PerfCore:
         self.budgets: BudgetSet = load_budgets(cfg.budgets, min_samples=cfg.min_samples)
         self.recorder = Recorder(max_routes=cfg.max_routes, window_s=cfg.recent_window_s)
         self.keys = RouteKeys(cfg.route_key, self.internal_error)
-        # Requests in flight, by id of their scope: read by ``in_flight``.
+        # Requests in flight, by their start time (ns): read by ``in_flight``.
         self.active: dict[int, Scope] = {}
         self.memory_method = "tracemalloc" if cfg.tracemalloc else "rss"
         self.started_tracemalloc = False
