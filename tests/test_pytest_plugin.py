@@ -329,7 +329,18 @@ def test_memory_limits(inner: pytest.Pytester) -> None:
 
         @pytest.mark.limit_memory("24 MB")
         def test_transient_over():
-            assert len(bytes(50 * 2**20)) == 50 * 2**20
+            import sys, time
+
+            # Held for less than a poll by construction, loaded machine or not:
+            # a poll due now runs during the sleep, and the next one cannot
+            # force a thread switch for a minute, only wait for one.
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(60)
+            try:
+                time.sleep(0.01)
+                assert len(bytes(50 * 2**20)) == 50 * 2**20
+            finally:
+                sys.setswitchinterval(interval)
 
         def test_tracing_was_stopped():
             assert not tracemalloc.is_tracing()
