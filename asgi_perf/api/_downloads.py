@@ -76,7 +76,7 @@ class Downloads:
 
     async def send_stored(self, profile_id: str, r: Renderer) -> Response:
         meta = self.store.meta(profile_id)
-        return await self.send(self.store.get(profile_id), r, file_stem(meta), profile_id)
+        return await self.send(self.store.get(profile_id), r, download_name(meta), profile_id)
 
 
 def renderer(fmt: str) -> Renderer:
@@ -87,6 +87,6 @@ def renderer(fmt: str) -> Renderer:
     return found
 
 
-def file_stem(meta: ProfileMeta) -> str:
+def download_name(meta: ProfileMeta) -> str:
     """The download name of a profile: its route's slug and its id."""
     return f"{route_slug(str(meta.get('route') or 'profile'))}-{meta['id']}"

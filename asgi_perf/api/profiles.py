@@ -79,7 +79,8 @@ def add_profile_routes(add: AddRoute, core: PerfCore) -> None:
         if not captures:
             raise BadRequest(404, f"no profiles for route {route!r}")
         capture = combine(captures, {"route": route, "ids": ids})
-        return await files.send(capture, r, f"merged-{route_slug(route or 'ids')}", None)
+        name = f"merged-{route_slug(route or 'ids', fallback='profiles')}"
+        return await files.send(capture, r, name, None)
 
     async def snakeviz(request: Request) -> Response:
         profile_id = files.resolve(request, request.path_params["pid"])

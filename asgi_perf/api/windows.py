@@ -8,7 +8,7 @@ import contextlib
 from starlette.requests import Request
 from starlette.responses import Response
 
-from asgi_perf.api._downloads import Downloads, file_stem, renderer
+from asgi_perf.api._downloads import Downloads, download_name, renderer
 from asgi_perf.api._http import AddRoute, BadRequest, json_response
 from asgi_perf.capture import ProfileMeta
 from asgi_perf.core import PerfCore
@@ -99,7 +99,7 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
             return await files.send_stored(meta["id"], r)
         if capture is not None and capture.meta.get("id") == window.id:
             # Larger than the store may hold: served once, not kept.
-            return await files.send(capture, r, file_stem(capture.meta), None)
+            return await files.send(capture, r, download_name(capture.meta), None)
         raise BadRequest(409, "the window ended without a profile (see the server log)")
 
     async def windows_list(request: Request) -> Response:
