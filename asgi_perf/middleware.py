@@ -57,7 +57,7 @@ class PerfMiddleware:
         self._active = core.active
         self._requests = core.requests
         self._sample_rate = cfg.sample_rate
-        self._lifespan_profile = cfg.lifespan_profile and cfg.enabled
+        self._lifespan_profile = cfg.lifespan_profile
         self._tracemalloc = cfg.tracemalloc
         self._rss = read_rss
         # Reading RSS costs a system call; only every n-th request pays it.
