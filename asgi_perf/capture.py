@@ -48,7 +48,8 @@ class ProfileMeta(TypedDict, total=False):
 
     # Of a profile taken in the app (the request or window profiler).
     id: str  # 16 hex digits
-    kind: ProfileKind | Literal["merged", "file"]  # merged: combine(); file: read by the CLI
+    # merged: combine(); file: read by the CLI; loop_blocks: the loop's block stacks
+    kind: ProfileKind | Literal["merged", "file", "loop_blocks"]
     engine: str
     route: str | None  # route key; "<process>" for a window; None for a merge by ids
     method: str  # the request's, or the window's kind upper-cased
@@ -72,6 +73,15 @@ class ProfileMeta(TypedDict, total=False):
     samples: int  # pyinstrument's sample count
     clock: str  # yappi's "wall" or "cpu"
     threads: int  # threads yappi saw in a window
+    # The sampler's (and the continuous ring's).
+    idle_samples: int  # the loop waiting for I/O: left out of views unless asked
+    dropped_stacks: int  # samples past the bound on distinct stacks
+    hz: float  # the rate asked for (interval_s is the mean one achieved)
+    sampler_cpu_share: float  # the sampler thread's CPU over the window, of one core
+    continuous: bool  # cut from the continuous ring (?last=N)
+    last_s: float
+    route_filter: str  # a view of one route's samples
+    native: bool  # py-spy with native frames
 
 
 @dataclass

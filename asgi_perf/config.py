@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgi_perf._types import Scope
-from asgi_perf.engines import check_engine_name
+from asgi_perf.engines import WINDOW_ONLY, check_engine_name
 from asgi_perf.errors import ConfigError
 
 RouteKeyFunc = Callable[[Scope], str]
@@ -55,6 +55,19 @@ class PerfConfig:
     keep_last: int = 5
     max_window_seconds: int = 300
     lifespan_profile: bool = False
+    # Windows, the lifespan profile and the continuous ring (spec 3.1, 3.3).
+    window_engine: str = "sampler"
+    sampler_hz: int = 100
+    sampler_max_cpu: float = 0.01
+    continuous: bool = False
+    continuous_minutes: int = 10
+    # The share of wall-clock time a per-request profiler hook may be on
+    # for sampled requests (sample_rate); X-Perf-Profile requests always are.
+    profile_budget: float = 0.02
+    # Event-loop health (spec 13).
+    loop_monitor: bool = True
+    block_threshold_ms: float = 100.0
+    max_loop_blocks: int = 100
 
     def __post_init__(self) -> None:
         _check_bool("enabled", self.enabled)
@@ -75,6 +88,20 @@ class PerfConfig:
         _check_int("recent_window_s", self.recent_window_s, 10, 3600)
         _check_int("memory_sample_every", self.memory_sample_every, 1, 1_000_000)
         check_engine_name(self.engine)
+        if self.engine in WINDOW_ONLY:
+            raise ConfigError(
+                f"engine: {self.engine!r} profiles whole windows, not single requests; "
+                "use it as window_engine (per request: pyinstrument, yappi or cprofile)"
+            )
+        check_engine_name(self.window_engine, "window_engine")
+        _check_int("sampler_hz", self.sampler_hz, 1, 1000)
+        _check_number("sampler_max_cpu", self.sampler_max_cpu, 0.001, 1.0)
+        _check_bool("continuous", self.continuous)
+        _check_int("continuous_minutes", self.continuous_minutes, 1, 1440)
+        _check_number("profile_budget", self.profile_budget, 0.0, 1.0)
+        _check_bool("loop_monitor", self.loop_monitor)
+        _check_number("block_threshold_ms", self.block_threshold_ms, 5.0, 60_000.0)
+        _check_int("max_loop_blocks", self.max_loop_blocks, 1, 100_000)
         _check_bool("lifespan_profile", self.lifespan_profile)
         if (
             isinstance(self.sample_rate, bool)
@@ -187,12 +214,26 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "profile_dir": _parse_optional_str,
     "max_window_seconds": _parse_int,
     "lifespan_profile": _parse_bool,
+    "window_engine": str,
+    "sampler_hz": _parse_int,
+    "sampler_max_cpu": _parse_float,
+    "continuous": _parse_bool,
+    "continuous_minutes": _parse_int,
+    "profile_budget": _parse_float,
+    "loop_monitor": _parse_bool,
+    "block_threshold_ms": _parse_float,
+    "max_loop_blocks": _parse_int,
 }
 
 
 def _check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{name}: must be True or False, got {value!r}")
+
+
+def _check_number(name: str, value: object, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"{name}: must be a number from {low:g} to {high:g}, got {value!r}")
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -7,17 +7,25 @@ collaborator gets only the piece it needs (a store, a callable).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
 import tracemalloc
+from types import CodeType
 from typing import Any
 
 from asgi_perf._types import Scope
 from asgi_perf.budgets import BudgetSet, load_budgets
+from asgi_perf.capture import FrameId
 from asgi_perf.config import PerfConfig
+from asgi_perf.continuous import Ring
 from asgi_perf.engines import Engine, check_engine_name
+from asgi_perf.engines.sampler_impl import Sampler, SamplerEngine
+from asgi_perf.labels import request_frame, route_frame, tag_frame
+from asgi_perf.loop import LoopMonitor
 from asgi_perf.memory import process_memory
-from asgi_perf.profiling import RequestProfiler, engine_for
+from asgi_perf.profiling import PROFILE_ID_KEY, RequestProfiler, engine_for, request_tag
 from asgi_perf.routes import RouteKeys
 from asgi_perf.stats.store import Recorder
 from asgi_perf.storage import ProfileStore
@@ -57,12 +65,29 @@ class PerfCore:
             on_error=self.internal_error,
         )
         self._engines: dict[str, Engine] = {}
+        # The sampling thread is started by whoever needs it first: a window,
+        # the continuous ring, the loop monitor.
+        self.sampler = Sampler(
+            cfg.sampler_hz, cfg.sampler_max_cpu, self._labels, self.internal_error
+        )
+        self._label_cache: dict[tuple[str, str | None, str | None], tuple[FrameId, ...]] = {}
+        self.loop: LoopMonitor | None = None
+        if cfg.enabled and cfg.loop_monitor:
+            self.loop = LoopMonitor(
+                self.sampler,
+                threshold_ms=cfg.block_threshold_ms,
+                max_blocks=cfg.max_loop_blocks,
+                in_flight=self.in_flight,
+            )
+        self.ring = Ring(self.sampler, cfg.continuous_minutes) if cfg.continuous else None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.requests: RequestProfiler | None = None
         if cfg.enabled:
             self.requests = RequestProfiler(
                 self.engine(cfg.engine),
                 self.store,
                 max_concurrent=cfg.max_concurrent_profiles,
+                budget=cfg.profile_budget,
                 over_budget=self.over_budget,
                 on_error=self.internal_error,
             )
@@ -76,17 +101,76 @@ class PerfCore:
             on_error=self.internal_error,
         )
         if requests is not None:
-            requests.paused = self.windows.running
+            requests.paused = self.windows.hooked
 
     def engine(self, name: str) -> Engine:
         """The engine called ``name``, one instance per core (single-flight)."""
         engine = self._engines.get(name)
         if engine is None:
             cfg = self.config
-            engine = self._engines[name] = engine_for(
-                check_engine_name(name), cfg.profile_interval_ms, cfg.yappi_clock
-            )
+            check_engine_name(name)
+            if name == "sampler":
+                engine = SamplerEngine(self.sampler)
+            else:
+                engine = engine_for(name, cfg.profile_interval_ms, cfg.yappi_clock, cfg.sampler_hz)
+            self._engines[name] = engine
         return engine
+
+    def set_request_code(self, code: CodeType) -> None:
+        """The code of the frame that runs a request: how a sample finds its request."""
+        self.sampler.request_codes = frozenset({code})
+        self.sampler.forget_codes()
+
+    def attach_loop(self) -> None:
+        """Called on the event loop's thread: start what watches that loop.
+
+        The first request (or the lifespan start-up) does it; the loop is
+        only known from inside it.
+        """
+        loop = asyncio.get_running_loop()
+        if loop is self._loop or not self.config.enabled:
+            return
+        self._loop = loop
+        self.sampler.loop_thread = threading.get_ident()
+        if self.loop is not None:
+            self.loop.attach(loop)
+        if self.ring is not None:
+            self.ring.start()
+        self.sampler.add_hook(self._watch_loop)
+
+    def _watch_loop(self, now: float) -> None:
+        """On the sampler's thread: stop sampling once the loop is gone."""
+        loop = self._loop
+        if loop is not None and loop.is_closed():
+            self.close()
+
+    def close(self) -> None:
+        """Stop the sampler thread and what it serves (the server is shutting down)."""
+        self._loop = None
+        if self.loop is not None:
+            self.loop.detach()
+        if self.ring is not None:
+            self.ring.stop()
+        self.sampler.remove_hook(self._watch_loop)
+        self.sampler.stop()
+
+    def _labels(self, scope: Scope) -> tuple[FrameId, ...]:
+        """The label frames of a request's samples: route, tag, profile id."""
+        route = self.recorder.capped(self.keys.key(scope))
+        tag = request_tag(scope)
+        profile_id = scope.get(PROFILE_ID_KEY)
+        key = (route, tag, profile_id)
+        labels = self._label_cache.get(key)
+        if labels is None:
+            if len(self._label_cache) > 4096:
+                self._label_cache = {}
+            frames = [route_frame(route)]
+            if tag:
+                frames.append(tag_frame(tag))
+            if profile_id:
+                frames.append(request_frame(profile_id))
+            labels = self._label_cache[key] = tuple(frames)
+        return labels
 
     def internal_error(self, kind: str, exc: BaseException) -> None:
         """Count a failure inside asgi_perf; log each kind once, never raise."""
@@ -122,7 +206,16 @@ class PerfCore:
             "windows": self.windows.stats(),
             "store": self.store.stats(),
         }
+        snap["profiling"]["sampler"] = self.sampler.stats()
+        snap["profiling"]["continuous"] = None if self.ring is None else self.ring.stats()
         snap["process"] = process_memory()
+        if self.loop is not None:
+            snap["loop"] = self.loop.summary()
+            blocks = self.loop.route_blocks
+            for route in snap["routes"]:
+                route["loop_blocks"] = blocks.get(route["route"], 0)
+        else:
+            snap["loop"] = None
         snap["memory_note"] = MEMORY_NOTE
         if self.budgets:
             checked = self.budgets.check(snap)
@@ -138,4 +231,6 @@ class PerfCore:
         """Clear all numbers; returns the snapshot that was cleared."""
         cleared = self.snapshot()
         self.recorder.reset()
+        if self.loop is not None:
+            self.loop.reset()
         return cleared

@@ -19,8 +19,9 @@ from asgi_perf.api import Gate, make_perf_app
 from asgi_perf.budgets import BudgetSet
 from asgi_perf.config import PerfConfig
 from asgi_perf.core import PerfCore
+from asgi_perf.engines.sampler_impl import REQUEST_SCOPE
 from asgi_perf.memory import read_rss, traced_growth, traced_start
-from asgi_perf.profiling import PROFILE_HEADER, Ticket, request_tag
+from asgi_perf.profiling import PROFILE_HEADER, PROFILE_ID_KEY, Ticket, request_tag
 from asgi_perf.stats.store import BATCH, EXCEPTION, INCOMPLETE
 
 logger = logging.getLogger("asgi_perf")
@@ -56,6 +57,9 @@ class PerfMiddleware:
         self._pending = core.recorder.pending
         self._active = core.active
         self._requests = core.requests
+        self._sampler = core.sampler
+        # A sample finds its request through this method's frame.
+        core.set_request_code(PerfMiddleware.__call__.__code__)
         self._sample_rate = cfg.sample_rate
         self._lifespan_profile = cfg.lifespan_profile
         self._tracemalloc = cfg.tracemalloc
@@ -92,6 +96,7 @@ class PerfMiddleware:
             return
         # A substring test first: one C call decides for almost every request.
         if self._prefix in scope["path"] and self._is_perf_path(scope):
+            self._attach_loop()
             await self._perf_app(scope, receive, send)
             return
         # Every few requests take the slow way out (memory sample, batch
@@ -108,6 +113,10 @@ class PerfMiddleware:
                     memory_start = _NO_MEMORY
                 if ticket.on_demand:
                     send = ticket.announcing(send)
+        if self._sampler.active:
+            # Worker threads run in a copy of this context: their samples
+            # find the request here (the loop's find this frame).
+            REQUEST_SCOPE.set(scope)
 
         t0 = _perf_counter_ns()
         ttfb = end = status = nbytes = 0
@@ -169,16 +178,25 @@ class PerfMiddleware:
             on_demand = False
             if not (self._sample_rate and _random() < self._sample_rate):
                 return None
-        return requests.start(on_demand)
+        ticket = requests.start(on_demand)
+        if ticket is not None:
+            scope[PROFILE_ID_KEY] = ticket.id
+        return ticket
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Profile from start-up to shutdown; the file lands in ``profile_dir``."""
+        """Start the loop's watchers with the server, stop them at shutdown.
+
+        With ``lifespan_profile``, also profile from start-up to shutdown;
+        the file lands in ``profile_dir``.
+        """
         core = self.core
+        self._attach_loop()
         window_id = ""
-        try:
-            window_id = core.windows.start(self.config.engine, None, kind="lifespan").id
-        except Exception as exc:
-            core.internal_error("lifespan_profile", exc)
+        if self._lifespan_profile:
+            try:
+                window_id = core.windows.start(self.config.window_engine, None, kind="lifespan").id
+            except Exception as exc:
+                core.internal_error("lifespan_profile", exc)
 
         async def watched_receive() -> Message:
             message = await receive()
@@ -196,6 +214,12 @@ class PerfMiddleware:
             return message
 
         await self.app(scope, watched_receive, send)
+
+    def _attach_loop(self) -> None:
+        try:
+            self.core.attach_loop()
+        except Exception as exc:
+            self.core.internal_error("loop_monitor", exc)
 
     def _is_perf_path(self, scope: Scope) -> bool:
         path: str = scope["path"]
@@ -230,6 +254,7 @@ class PerfMiddleware:
     ) -> None:
         """Record a request off the fast path: raised, cut short, sampled or profiled."""
         core = self.core
+        self._attach_loop()
         raised = isinstance(exc, Exception)
         flags = 0
         if not end:

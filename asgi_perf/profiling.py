@@ -24,6 +24,8 @@ from asgi_perf.storage import ProfileStore
 PROFILE_HEADER = (b"x-perf-profile", b"1")
 PROFILE_ID_HEADER = b"x-perf-profile-id"
 TAG_HEADER = b"x-perf-tag"
+# Where a profiled request's id is left in its scope, for the sampler's labels.
+PROFILE_ID_KEY = "asgi_perf.profile_id"
 _TAG_RE = re.compile(r"[^A-Za-z0-9._:/@=+-]")
 _MAX_TAG = 64
 
@@ -62,16 +64,19 @@ class RequestProfiler:
         max_concurrent: int,
         over_budget: Callable[[str, float], bool],
         on_error: OnError,
+        budget: float = 1.0,
     ) -> None:
         self.engine = engine
         self.store = store
         self.max_concurrent = max_concurrent
+        self.hook_time = HookTime(budget)
         self._over_budget = over_budget
         self._on_error = on_error
         self.active = 0
         self.profiled = 0
         self.skipped = 0
         self.failed = 0
+        self.skipped_budget = 0
         # Set by the core: no request profiles while a window runs.
         self.paused: Callable[[], bool] = lambda: False
 
@@ -79,6 +84,11 @@ class RequestProfiler:
         """Start profiling a request, or None when it must go unprofiled."""
         if self.active >= self.max_concurrent or self.paused():
             self.skipped += 1
+            return None
+        if not on_demand and not self.hook_time.allows():
+            # A sampled request's hook taxes every request interleaved with
+            # it: past the time budget, sampled requests wait their turn.
+            self.skipped_budget += 1
             return None
         try:
             recording = self.engine.start_request()
@@ -89,6 +99,8 @@ class RequestProfiler:
         if recording is None:  # single-flight engine busy
             self.skipped += 1
             return None
+        if self.active == 0:
+            self.hook_time.on()
         self.active += 1
         return Ticket(recording, secrets.token_hex(8), on_demand, time.time())
 
@@ -97,6 +109,8 @@ class RequestProfiler:
     ) -> None:
         """Stop the recording and store its profile (kept when it matters)."""
         self.active -= 1
+        if self.active == 0:
+            self.hook_time.off()
         try:
             capture = ticket.recording.stop()
         except Exception as exc:
@@ -137,14 +151,65 @@ class RequestProfiler:
             "failed": self.failed,
             "active": self.active,
             "max_concurrent_profiles": self.max_concurrent,
+            "skipped_budget": self.skipped_budget,
+            "profile_budget": self.hook_time.budget,
+            "hook_share": round(self.hook_time.share(), 5),
         }
 
 
-def engine_for(name: str, interval_ms: float, yappi_clock: str) -> Engine:
+class HookTime:
+    """How long a per-request profiler hook has been on, against a budget.
+
+    A token bucket in seconds: it fills at ``budget`` seconds per second of
+    wall clock, up to ``_BURST_S`` worth, and empties by the time a hook is
+    on (concurrent profiles count once). A new sampled profile may start
+    while the bucket is not empty.
+    """
+
+    _BURST_S = 10.0
+
+    def __init__(self, budget: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget = budget
+        self._clock = clock
+        self._started = self._filled_at = clock()
+        self._tokens = budget * self._BURST_S
+        self._on_since: float | None = None
+        self.total_s = 0.0
+
+    def allows(self) -> bool:
+        if self.budget >= 1.0:
+            return True
+        now = self._clock()
+        self._tokens = min(
+            self.budget * self._BURST_S, self._tokens + (now - self._filled_at) * self.budget
+        )
+        self._filled_at = now
+        spent = now - self._on_since if self._on_since is not None else 0.0
+        return self._tokens - spent > 0
+
+    def on(self) -> None:
+        self._on_since = self._clock()
+
+    def off(self) -> None:
+        if self._on_since is not None:
+            spent = self._clock() - self._on_since
+            self._tokens -= spent
+            self.total_s += spent
+            self._on_since = None
+
+    def share(self) -> float:
+        """The share of wall-clock time a hook has been on so far."""
+        elapsed = self._clock() - self._started
+        return self.total_s / elapsed if elapsed > 0 else 0.0
+
+
+def engine_for(name: str, interval_ms: float, yappi_clock: str, hz: int = 100) -> Engine:
     if name == "pyinstrument":
         return load_engine(name, interval_s=interval_ms / 1000)
     if name == "yappi":
         return load_engine(name, clock=yappi_clock)
+    if name == "pyspy":
+        return load_engine(name, rate_hz=hz)
     return load_engine(name)
 
 

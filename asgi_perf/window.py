@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from asgi_perf.capture import Capture, ProfileMeta
-from asgi_perf.engines import Engine, Recording
+from asgi_perf.engines import WINDOW_ONLY, Engine, Recording
 from asgi_perf.storage import ProfileStore
 
 _IDLE_WAIT_S = 5.0
@@ -89,11 +89,22 @@ class Windows:
         self.last_capture: Capture | None = None
 
     def running(self) -> bool:
-        """True while a window runs or waits to start: no request profiles then."""
+        """True while a window runs or waits to start."""
         return self.current is not None or self._starting > 0
 
+    def hooked(self) -> bool:
+        """True while a window with a profiler hook runs or waits to start.
+
+        Hooks never nest, so request profiles wait; the sampler and py-spy
+        set no hook and leave per-request profiling on.
+        """
+        # Only windows with a hook wait to start (start_when_idle).
+        if self._starting > 0:
+            return True
+        return self.current is not None and self.current.engine not in WINDOW_ONLY
+
     async def start_when_idle(
-        self, engine: str, seconds: float | None, *, tag: str | None = None
+        self, engine: str, seconds: float | None, *, tag: str | None = None, native: bool = False
     ) -> Window:
         """``start`` once no request is being profiled (profilers never nest).
 
@@ -102,6 +113,8 @@ class Windows:
         """
         if self.current is not None:
             raise WindowBusy(self.current)
+        if engine in WINDOW_ONLY:
+            return self.start(engine, seconds, tag=tag, native=native)
         self._starting += 1
         try:
             deadline = time.monotonic() + _IDLE_WAIT_S
@@ -121,12 +134,19 @@ class Windows:
         kind: WindowKind = "window",
         interval_ms: float | None = None,
         tag: str | None = None,
+        native: bool = False,
     ) -> Window:
         """Start a window; ``seconds`` None means until stopped (lifespan)."""
         if self.current is not None:
             raise WindowBusy(self.current)
         interval_s = (interval_ms or self._interval_ms) / 1000
-        recording = self._engine(engine).start_window(interval_s)
+        found = self._engine(engine)
+        # Only py-spy reads native (C) frames, and only when asked: it costs.
+        recording = (
+            found.start_window(interval_s, native=True)  # type: ignore[call-arg]
+            if native
+            else found.start_window(interval_s)
+        )
         if recording is None:
             raise EngineBusy(f"engine {engine!r} is busy profiling requests; try again")
         now = time.time()

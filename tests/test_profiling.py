@@ -354,7 +354,7 @@ async def test_with_a_token_the_header_needs_the_token(asgi):
 
 
 async def test_sampled_and_asked_for_is_profiled_once(client_for):
-    mw = perf(sample_rate=1.0)
+    mw = perf(sample_rate=1.0, profile_budget=1.0)
     async with client_for(mw) as client:
         pid = await profiled(client, "/alpha")
         profiles = await listed(client)
@@ -510,7 +510,7 @@ async def test_max_concurrent_profiles_skips_the_rest(client_for):
 
 
 async def test_sample_rate_one_profiles_every_request_without_a_response_header(client_for):
-    mw = perf(sample_rate=1.0, keep_last=100)
+    mw = perf(sample_rate=1.0, profile_budget=1.0, keep_last=100)
     async with client_for(mw) as client:
         for _ in range(5):
             response = await client.get("/beta")
@@ -523,7 +523,7 @@ async def test_sample_rate_one_profiles_every_request_without_a_response_header(
 
 async def test_sampled_profiles_keep_the_slowest_and_the_last_per_route(client_for, tmp_path):
     keep_slowest, keep_last = 1, 2
-    mw = perf(sample_rate=1.0, keep_slowest=keep_slowest, keep_last=keep_last)
+    mw = perf(sample_rate=1.0, profile_budget=1.0, keep_slowest=keep_slowest, keep_last=keep_last)
     async with client_for(mw) as client:
         for ms in (2, 2, 150, 2, 2, 2, 2):
             assert (await client.get("/nap", params={"ms": ms})).status_code == 200
@@ -548,7 +548,13 @@ async def test_sampled_profiles_keep_the_slowest_and_the_last_per_route(client_f
 
 
 async def test_5xx_over_budget_and_on_demand_profiles_are_kept(client_for):
-    mw = perf(sample_rate=1.0, keep_slowest=0, keep_last=0, budgets={"GET /nap": {"max_ms": 20}})
+    mw = perf(
+        sample_rate=1.0,
+        profile_budget=1.0,
+        keep_slowest=0,
+        keep_last=0,
+        budgets={"GET /nap": {"max_ms": 20}},
+    )
     async with client_for(mw) as client:
         for _ in range(3):
             assert (await client.get("/alpha")).status_code == 200

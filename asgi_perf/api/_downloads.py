@@ -12,8 +12,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from asgi_perf.api._http import SECURITY_HEADERS, BadRequest
+from asgi_perf.api._http import SECURITY_HEADERS, BadRequest, query_bool
 from asgi_perf.capture import Capture, ProfileMeta
+from asgi_perf.labels import NotAttributed, view
 from asgi_perf.renderers import RENDERERS, NotRenderable, Renderer
 from asgi_perf.storage import ID_RE, ProfileStore, route_slug
 
@@ -31,6 +32,7 @@ class Downloads:
         base = f"{self.prefix}/profiles/{profile_id}"
         out = {fmt: f"{base}{r.file_extension}" for fmt, r in RENDERERS.items()}
         out["snakeviz"] = f"{base}/snakeviz"
+        out["routes"] = f"{base}/routes"
         return out
 
     def described(self, meta: ProfileMeta) -> dict[str, Any]:
@@ -55,13 +57,24 @@ class Downloads:
         return ref
 
     async def send(
-        self, capture: Capture, r: Renderer, name: str, profile_id: str | None
+        self,
+        capture: Capture,
+        r: Renderer,
+        name: str,
+        cached: str | None,
+        *,
+        profile_id: str | None = None,
     ) -> Response:
-        """``capture`` rendered by ``r``, as an attachment called ``name``."""
+        """``capture`` rendered by ``r``, as an attachment called ``name``.
+
+        ``cached``: the id of the stored profile ``capture`` is, whose render
+        the store caches; ``profile_id`` names a view of one in the headers.
+        """
+        profile_id = cached or profile_id
         # A long window takes a while to render: not on the event loop.
         try:
-            if profile_id:
-                body = await run_in_threadpool(self.store.rendered, profile_id, r.format, r.render)
+            if cached:
+                body = await run_in_threadpool(self.store.rendered, cached, r.format, r.render)
             else:
                 body = await run_in_threadpool(r.render, capture)
         except NotRenderable as exc:
@@ -74,9 +87,26 @@ class Downloads:
             headers["X-Perf-Profile-Id"] = profile_id
         return Response(body, media_type=r.media_type, headers=headers)
 
-    async def send_stored(self, profile_id: str, r: Renderer) -> Response:
+    async def send_stored(self, profile_id: str, r: Renderer, request: Request) -> Response:
+        """A stored profile, or the view of it ``route=`` and ``idle=`` ask for."""
         meta = self.store.meta(profile_id)
-        return await self.send(self.store.get(profile_id), r, download_name(meta), profile_id)
+        capture = self.store.get(profile_id)
+        viewed = view_of(capture, request, profile_id)
+        if viewed is capture:
+            # The whole profile: rendered once, then served from the cache.
+            return await self.send(capture, r, download_name(meta), profile_id)
+        return await self.send(viewed, r, download_name(meta), None, profile_id=profile_id)
+
+
+def view_of(capture: Capture, request: Request, what: str) -> Capture:
+    """``capture`` as ``?route=`` and ``?idle=1`` ask: one route's samples, idle in."""
+    route = request.query_params.get("route")
+    try:
+        return view(capture, route=route, idle=query_bool(request, "idle"))
+    except NotAttributed as exc:
+        raise BadRequest(400, f"{what}: {exc}", parameter="route") from None
+    except KeyError:
+        raise BadRequest(404, f"{what} has no samples of route {route!r}") from None
 
 
 def renderer(fmt: str) -> Renderer:

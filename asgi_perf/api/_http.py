@@ -68,3 +68,17 @@ def query_bool(request: Request, name: str) -> bool:
     if raw.lower() in ("0", "false", "no"):
         return False
     raise BadRequest(400, f"parameter {name!r} must be 0 or 1, got {raw!r}", parameter=name)
+
+
+def parse_int(request: Request, name: str, low: int, high: int, default: int | None = None) -> int:
+    """An integer parameter in ``low..high``: ASCII digits only (``str.isdigit`` is not)."""
+    raw = request.query_params.get(name)
+    if raw is None and default is not None:
+        return default
+    if raw is None or not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise BadRequest(
+            400,
+            f"parameter {name!r} must be a whole number from {low} to {high}, got {raw!r}",
+            parameter=name,
+        )
+    return int(raw)

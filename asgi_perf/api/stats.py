@@ -18,13 +18,16 @@ def add_stats_routes(add: AddRoute, core: PerfCore) -> None:
             "stats": f"GET {p}/stats",
             "budgets": f"GET {p}/budgets",
             "reset": f"POST {p}/reset",
-            "profile": f"GET {p}/profile?seconds=30&engine=pyinstrument&format=prof",
+            "profile": f"GET {p}/profile?seconds=30&engine=sampler&format=prof&route=",
+            "recent": f"GET {p}/profile?last=60&format=svg (with continuous=True)",
             "windows": f"POST {p}/windows?seconds=300 ; POST {p}/windows/{{id}}/stop",
             "profiles": f"GET {p}/profiles?route=&kind=&tag=&limit=",
             "profile_file": f"GET {p}/profiles/{{id|latest|slowest}}.{{prof,svg,html,"
             "speedscope.json,collapsed}",
             "merged": f"GET {p}/profiles/merged.prof?route=GET /path or ?ids=a,b",
             "snakeviz": f"GET {p}/profiles/{{id}}/snakeviz",
+            "routes": f"GET {p}/profiles/{{id}}/routes",
+            "loop": f"GET {p}/loop ; GET {p}/loop/blocks.{{prof,svg,...}}",
         }
         if "text/html" in request.headers.get("accept", ""):
             rows = "".join(f"<li><code>{v}</code></li>" for v in endpoints.values())

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from asgi_perf.api._downloads import Downloads, download_name, renderer
-from asgi_perf.api._http import AddRoute, BadRequest, json_response
+from asgi_perf.api._downloads import Downloads, download_name, renderer, view_of
+from asgi_perf.api._http import AddRoute, BadRequest, json_response, parse_int, query_bool
 from asgi_perf.capture import ProfileMeta
 from asgi_perf.core import PerfCore
 from asgi_perf.engines import ENGINES
+from asgi_perf.errors import EngineUnavailable
 from asgi_perf.storage import ID_RE
 from asgi_perf.window import EngineBusy, Window, WindowBusy
 
@@ -23,13 +26,15 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
     windows, store = core.windows, core.store
 
     def window_args(request: Request) -> tuple[str, str | None]:
-        engine = request.query_params.get("engine", cfg.engine)
+        engine = request.query_params.get("engine", cfg.window_engine)
         if engine not in ENGINES:
             raise BadRequest(
                 400,
                 f"unknown engine {engine!r} (engines: {', '.join(sorted(ENGINES))})",
                 parameter="engine",
             )
+        if query_bool(request, "native") and engine != "pyspy":
+            raise BadRequest(400, "parameter 'native' needs engine=pyspy", parameter="native")
         tag = request.query_params.get("tag")
         return engine, tag[:64] if tag else None
 
@@ -55,7 +60,9 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
     async def start_window(request: Request, seconds: float) -> Window:
         engine, tag = window_args(request)
         try:
-            return await windows.start_when_idle(engine, seconds, tag=tag)
+            return await windows.start_when_idle(
+                engine, seconds, tag=tag, native=query_bool(request, "native")
+            )
         except WindowBusy as busy:
             w = busy.window
             raise BadRequest(
@@ -65,10 +72,16 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
             ) from None
         except EngineBusy as exc:
             raise BadRequest(409, str(exc)) from None
+        except EngineUnavailable as exc:
+            # py-spy missing, or the system refuses to trace: say how to fix it.
+            raise BadRequest(409, str(exc), engine=engine) from None
 
     async def profile(request: Request) -> Response:
+        if "last" in request.query_params:
+            return await recent(request)
         seconds = seconds_arg(request, None)
         r = renderer(request.query_params.get("format", "prof"))
+        query_bool(request, "idle")  # checked before the wait, not after
         window = await start_window(request, seconds)
         done = asyncio.ensure_future(asyncio.sleep(seconds))
         gone = asyncio.ensure_future(_disconnected(request))
@@ -96,11 +109,46 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
                 meta = None
         capture = windows.last_capture
         if meta is not None and meta["stored"]:
-            return await files.send_stored(meta["id"], r)
+            return await files.send_stored(meta["id"], r, request)
         if capture is not None and capture.meta.get("id") == window.id:
             # Larger than the store may hold: served once, not kept.
-            return await files.send(capture, r, download_name(capture.meta), None)
+            viewed = view_of(capture, request, f"window {window.id}")
+            return await files.send(viewed, r, download_name(capture.meta), None)
         raise BadRequest(409, "the window ended without a profile (see the server log)")
+
+    async def recent(request: Request) -> Response:
+        """``?last=N``: the last N seconds of the continuous ring, at once."""
+        if "seconds" in request.query_params:
+            raise BadRequest(400, "give either 'seconds' (a new window) or 'last', not both")
+        if "engine" in request.query_params or "native" in request.query_params:
+            raise BadRequest(400, "'last' is cut from the continuous sampler: no engine to choose")
+        ring = core.ring
+        if ring is None or not ring.running:
+            raise BadRequest(
+                409,
+                "continuous profiling is off: start the app with continuous=True "
+                "(or ASGI_PERF_CONTINUOUS=1) to keep the recent past",
+                option="continuous",
+            )
+        limit = int(ring.seconds)
+        last = parse_int(request, "last", 1, limit)
+        r = renderer(request.query_params.get("format", "prof"))
+        capture = ring.last(last)
+        capture.meta.update(
+            {
+                "id": secrets.token_hex(8),
+                "kind": "window",
+                "engine": "sampler",
+                "route": "<process>",
+                "method": "WINDOW",
+                "status": None,
+                "duration_ms": round(capture.duration_s * 1000, 3),
+                "pid": os.getpid(),
+                "tag": request.query_params.get("tag"),
+            }
+        )
+        viewed = view_of(capture, request, f"the last {last} s")
+        return await files.send(viewed, r, f"last-{last}s", None)
 
     async def windows_list(request: Request) -> Response:
         return json_response({"schema": 1, **windows.stats()})
@@ -134,8 +182,16 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
             return json_response({**meta, "error": "larger than max_profile_bytes: not kept"}, 200)
         return json_response(files.described(meta))
 
-    add(r"/profile", {"GET": profile}, ("seconds", "engine", "format", "tag"))
-    add(r"/windows", {"GET": windows_list, "POST": windows_start}, ("seconds", "engine", "tag"))
+    add(
+        r"/profile",
+        {"GET": profile},
+        ("seconds", "engine", "format", "tag", "last", "route", "idle", "native"),
+    )
+    add(
+        r"/windows",
+        {"GET": windows_list, "POST": windows_start},
+        ("seconds", "engine", "tag", "native"),
+    )
     add(r"/windows/(?P<wid>[^/]+)/stop", {"POST": windows_stop})
 
 

@@ -12,11 +12,14 @@ ENGINES: dict[str, str] = {
     "pyinstrument": "asgi_perf.engines.pyinstrument_impl:PyinstrumentEngine",
     "yappi": "asgi_perf.engines.yappi_impl:YappiEngine",
     "cprofile": "asgi_perf.engines.cprofile_impl:CProfileEngine",
+    "sampler": "asgi_perf.engines.sampler_impl:SamplerEngine",
 }
+# Engines that profile the whole process only (windows, never one request).
+WINDOW_ONLY = frozenset({"sampler", "pyspy"})
 # The package that provides each engine, for the error message.
-_PIP = {"pyinstrument": "pyinstrument", "yappi": "yappi", "cprofile": ""}
+_PIP = {"pyinstrument": "pyinstrument", "yappi": "yappi", "cprofile": "", "sampler": ""}
 
-__all__ = ["ENGINES", "Engine", "Recording", "check_engine_name", "load_engine"]
+__all__ = ["ENGINES", "WINDOW_ONLY", "Engine", "Recording", "check_engine_name", "load_engine"]
 
 
 def check_engine_name(name: object, option: str = "engine") -> str:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from asgi_perf.capture import Capture, ProfileMeta
+from asgi_perf.labels import view
 from asgi_perf.storage.retention import REQUEST
 
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
@@ -45,7 +46,8 @@ class ProfileDir:
             # The .json first: a .prof on disk always has its stacks beside it.
             atomic_write(data, capture_json(capture).encode())
             try:
-                atomic_write(prof, marshal.dumps(capture.call_stats()))
+                # What a download shows by default: the loop's idle left out.
+                atomic_write(prof, marshal.dumps(view(capture).call_stats()))
             except BaseException:
                 data.unlink(missing_ok=True)
                 raise
