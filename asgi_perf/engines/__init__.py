@@ -12,9 +12,12 @@ ENGINES: dict[str, str] = {
     "pyinstrument": "asgi_perf.engines.pyinstrument_impl:PyinstrumentEngine",
     "yappi": "asgi_perf.engines.yappi_impl:YappiEngine",
     "cprofile": "asgi_perf.engines.cprofile_impl:CProfileEngine",
+    "pyspy": "asgi_perf.engines.pyspy_impl:PyspyEngine",
 }
 # The package that provides each engine, for the error message.
-_PIP = {"pyinstrument": "pyinstrument", "yappi": "yappi", "cprofile": ""}
+# pyspy imports nothing of py-spy (a program): a missing py-spy is found by
+# start_window, whose EngineUnavailable names the same command.
+_PIP = {"pyinstrument": "pyinstrument", "yappi": "yappi", "cprofile": "", "pyspy": "py-spy"}
 
 __all__ = ["ENGINES", "Engine", "Recording", "check_engine_name", "load_engine"]
 
