@@ -69,8 +69,9 @@ class ProfileMeta(TypedDict, total=False):
     ids: list[str]
     files: list[str]
     # From the engine.
-    interval_s: float  # pyinstrument's sampling interval
-    samples: int  # pyinstrument's sample count
+    interval_s: float  # a sampling engine's interval (pyinstrument, py-spy)
+    samples: int  # a sampling engine's sample count
+    native: bool  # py-spy: native (C) frames were sampled too
     clock: str  # yappi's "wall" or "cpu"
     threads: int  # threads yappi saw in a window
     # The sampler's (and the continuous ring's).
@@ -81,7 +82,6 @@ class ProfileMeta(TypedDict, total=False):
     continuous: bool  # cut from the continuous ring (?last=N)
     last_s: float
     route_filter: str  # a view of one route's samples
-    native: bool  # py-spy with native frames
 
 
 @dataclass

@@ -12,4 +12,9 @@ class ConfigError(ValueError):
 
 
 class EngineUnavailable(RuntimeError):
-    """A profiling engine's package is missing; the message names the pip command."""
+    """A profiling engine cannot run here.
+
+    Its package is missing (the message names the pip command), or the
+    system refuses it, like py-spy without ptrace permission (the message
+    says how to allow it).
+    """

@@ -139,7 +139,8 @@ class Windows:
         """Start a window; ``seconds`` None means until stopped (lifespan)."""
         if self.current is not None:
             raise WindowBusy(self.current)
-        interval_s = (interval_ms or self._interval_ms) / 1000
+        # The sampler and py-spy keep their own rate (sampler_hz): 0 says so.
+        interval_s = 0.0 if engine in WINDOW_ONLY else (interval_ms or self._interval_ms) / 1000
         found = self._engine(engine)
         # Only py-spy reads native (C) frames, and only when asked: it costs.
         recording = (

@@ -13,11 +13,20 @@ ENGINES: dict[str, str] = {
     "yappi": "asgi_perf.engines.yappi_impl:YappiEngine",
     "cprofile": "asgi_perf.engines.cprofile_impl:CProfileEngine",
     "sampler": "asgi_perf.engines.sampler_impl:SamplerEngine",
+    "pyspy": "asgi_perf.engines.pyspy_impl:PyspyEngine",
 }
 # Engines that profile the whole process only (windows, never one request).
 WINDOW_ONLY = frozenset({"sampler", "pyspy"})
 # The package that provides each engine, for the error message.
-_PIP = {"pyinstrument": "pyinstrument", "yappi": "yappi", "cprofile": "", "sampler": ""}
+# pyspy imports nothing of py-spy (a program): a missing py-spy is found by
+# start_window, whose EngineUnavailable names the same command.
+_PIP = {
+    "pyinstrument": "pyinstrument",
+    "yappi": "yappi",
+    "cprofile": "",
+    "sampler": "",
+    "pyspy": "py-spy",
+}
 
 __all__ = ["ENGINES", "WINDOW_ONLY", "Engine", "Recording", "check_engine_name", "load_engine"]
 
