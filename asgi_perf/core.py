@@ -22,11 +22,11 @@ from asgi_perf.config import PerfConfig
 from asgi_perf.continuous import Ring
 from asgi_perf.engines import Engine, check_engine_name
 from asgi_perf.engines.sampler_impl import Sampler, SamplerEngine
-from asgi_perf.labels import request_frame, route_frame, tag_frame
+from asgi_perf.labels import OWN, request_frame, route_frame, tag_frame
 from asgi_perf.loop import LoopMonitor
 from asgi_perf.memory import process_memory
 from asgi_perf.profiling import PROFILE_ID_KEY, RequestProfiler, engine_for, request_tag
-from asgi_perf.routes import RouteKeys
+from asgi_perf.routes import RouteKeys, route_path
 from asgi_perf.stats.store import Recorder
 from asgi_perf.storage import ProfileStore
 from asgi_perf.window import Windows
@@ -71,6 +71,7 @@ class PerfCore:
             cfg.sampler_hz, cfg.sampler_max_cpu, self._labels, self.internal_error
         )
         self._label_cache: dict[tuple[str, str | None, str | None], tuple[FrameId, ...]] = {}
+        self._own_labels = (route_frame(OWN),)
         self.loop: LoopMonitor | None = None
         if cfg.enabled and cfg.loop_monitor:
             self.loop = LoopMonitor(
@@ -156,6 +157,10 @@ class PerfCore:
 
     def _labels(self, scope: Scope) -> tuple[FrameId, ...]:
         """The label frames of a request's samples: route, tag, profile id."""
+        path = scope.get("path", "")
+        if self.config.prefix in path and route_path(scope).startswith(self.config.prefix):
+            # asgi_perf's own endpoints (a window's wait, a render).
+            return self._own_labels
         route = self.recorder.capped(self.keys.key(scope))
         tag = request_tag(scope)
         profile_id = scope.get(PROFILE_ID_KEY)

@@ -23,6 +23,7 @@ LABEL_FILES = frozenset((ROUTE_FILE, TAG_FILE, REQUEST_FILE, THREAD_FILE))
 # Route labels that are not routes.
 IDLE = "<idle>"  # the event loop waiting for I/O
 NO_REQUEST = "<no request>"  # the server, the loop, tasks outside any request
+OWN = "<asgi_perf>"  # asgi_perf's own endpoints
 
 LOOP_THREAD = FrameId("loop", THREAD_FILE, 0)
 WORKER_THREAD = FrameId("worker", THREAD_FILE, 0)

@@ -22,6 +22,7 @@ from asgi_perf.core import PerfCore
 from asgi_perf.engines.sampler_impl import REQUEST_SCOPE
 from asgi_perf.memory import read_rss, traced_growth, traced_start
 from asgi_perf.profiling import PROFILE_HEADER, PROFILE_ID_KEY, Ticket, request_tag
+from asgi_perf.routes import route_path
 from asgi_perf.stats.store import BATCH, EXCEPTION, INCOMPLETE
 
 logger = logging.getLogger("asgi_perf")
@@ -222,11 +223,8 @@ class PerfMiddleware:
             self.core.internal_error("loop_monitor", exc)
 
     def _is_perf_path(self, scope: Scope) -> bool:
-        path: str = scope["path"]
-        root_path = scope.get("root_path")
-        if root_path and path.startswith(root_path):
-            # Servers started with --root-path put it in front of the path.
-            path = path[len(root_path) :]
+        # Servers started with --root-path put it in front of the path.
+        path = route_path(scope)
         n = self._prefix_len
         return path.startswith(self._prefix) and (len(path) == n or path[n] == "/")
 

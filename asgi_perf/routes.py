@@ -59,6 +59,15 @@ def route_template(scope: Scope, entry_root_path: str, mounts: MountIndex) -> st
     return mounts.resolve(root_path[len(entry_root_path) :], scope) + template
 
 
+def route_path(scope: Scope) -> str:
+    """The path without the server's root path (``uvicorn --root-path``)."""
+    path: str = scope["path"]
+    root_path = scope.get("root_path")
+    if root_path and path.startswith(root_path):
+        return path[len(root_path) :]
+    return path
+
+
 class RouteKeys:
     """``METHOD template`` of a finished request, memoised per matched route.
 

@@ -220,7 +220,7 @@ def test_broken_budget_saves_the_run_and_exits_1(
     run = one_run_dir(results)
     run_id = run.name
     assert sorted(p.name for p in run.iterdir()) == [
-        "budgets.json", "stats.json", "window.prof", "window.svg",
+        "budgets.json", "routes.json", "stats.json", "window.prof", "window.svg",
     ]  # fmt: skip
     functions = {func for (_, _, func) in pstats.Stats(str(run / "window.prof")).stats}  # type: ignore[attr-defined]
     assert "burn_cpu" in functions

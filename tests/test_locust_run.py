@@ -61,10 +61,12 @@ def test_a_broken_budget_saves_the_run_and_asks_for_exit_1(
 
     out = results / "ci-1"
     assert sorted(p.name for p in out.iterdir()) == [
-        "budgets.json", "stats.json", "window.prof", "window.svg",
+        "budgets.json", "routes.json", "stats.json", "window.prof", "window.svg",
     ]  # fmt: skip
     assert "burn_cpu" in function_names(load_stats((out / "window.prof").read_bytes(), tmp_path))
     assert ElementTree.parse(out / "window.svg").getroot().tag.endswith("svg")
+    routes = json.loads((out / "routes.json").read_text())
+    assert "GET /burn" in {r["route"] for r in routes["routes"]}
     stats = json.loads((out / "stats.json").read_text())
     assert {r["route"]: r["count"] for r in stats["routes"]} == {"GET /fast": 3, "GET /burn": 3}
     verdicts = json.loads((out / "budgets.json").read_text())

@@ -8,8 +8,6 @@ from typing import Any, Protocol
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from asgi_perf._types import Scope
-
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -48,15 +46,6 @@ def error_response(
     status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
 ) -> Response:
     return json_response({"error": message, "status": status, **extra}, status, headers)
-
-
-def route_path(scope: Scope) -> str:
-    """The path without the server's root path (``uvicorn --root-path``)."""
-    path: str = scope["path"]
-    root_path = scope.get("root_path")
-    if root_path and path.startswith(root_path):
-        return path[len(root_path) :]
-    return path
 
 
 def query_bool(request: Request, name: str) -> bool:

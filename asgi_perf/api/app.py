@@ -14,11 +14,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from asgi_perf._types import Receive, Scope, Send
-from asgi_perf.api._http import BadRequest, Handler, error_response, route_path
+from asgi_perf.api._http import BadRequest, Handler, error_response
 from asgi_perf.api.gate import Gate
 from asgi_perf.api.profiles import add_profile_routes
 from asgi_perf.api.stats import add_stats_routes
 from asgi_perf.core import PerfCore
+from asgi_perf.routes import route_path
 
 
 class PerfAPI:

@@ -51,7 +51,10 @@ _CACHE_MAX = 65_536
 _MAX_STACKS = 20_000  # distinct stacks one sink keeps; the rest are counted apart
 _MAX_DEPTH = 256
 # What a code object is to the sampler; decided once per code object.
-_PLAIN, _REQUEST, _RUNNER, _WAIT, _LOOP_WAIT = range(5)
+# _SCOPED: a function taking an ASGI ``scope`` (any middleware, router,
+# route): the request of a task the middleware's frame is not in (one that
+# Starlette's BaseHTTPMiddleware runs the rest of the app in).
+_PLAIN, _REQUEST, _RUNNER, _WAIT, _LOOP_WAIT, _SCOPED = range(6)
 # Functions a thread sits in while it waits for work or I/O.
 _WAITS = {
     ("threading.py", "wait"),
@@ -271,12 +274,38 @@ class Sampler:
         info = self._codes.get(id(top.f_code)) or self._learn(top.f_code)
         if info[0] == _LOOP_WAIT:
             return self._cached_labels((IDLE,), LOOP_THREAD)
-        seen, found = self._walk(top, _REQUEST)
-        if found is None:
+        known = self._codes
+        seen: list[_Code] = []
+        frame: FrameType | None = top
+        scoped: FrameType | None = None
+        cut = 0
+        for _ in range(_MAX_DEPTH):
+            if frame is None:
+                break
+            code = frame.f_code
+            found = known.get(id(code))
+            info = self._learn(code) if found is None else found
+            kind = info[0]
+            if kind == _REQUEST:
+                scoped, cut = frame, len(seen)
+                break
+            if kind == _SCOPED:
+                scoped, cut = frame, len(seen)
+            seen.append(info)
+            frame = frame.f_back
+        labels = self._scope_labels(scoped)
+        if labels is None:
             return (*self._cached_labels((NO_REQUEST,), LOOP_THREAD), *_frames(seen))
-        scope = found.f_locals.get("scope")
-        labels = self._labels(scope) if isinstance(scope, dict) else ()
-        return (*labels, LOOP_THREAD, *_frames(seen))
+        return (*labels, LOOP_THREAD, *_frames(seen[:cut]))
+
+    def _scope_labels(self, frame: FrameType | None) -> tuple[FrameId, ...] | None:
+        """The labels of the request whose ``scope`` ``frame`` holds, if it is one."""
+        if frame is None:
+            return None
+        scope = frame.f_locals.get("scope")
+        if not isinstance(scope, dict) or scope.get("type") != "http":
+            return None
+        return self._labels(scope)
 
     def _thread_stack(self, tid: int, top: FrameType, seconds: float) -> Stack | None:
         info = self._codes.get(id(top.f_code)) or self._learn(top.f_code)
@@ -336,6 +365,8 @@ class Sampler:
             return _WAIT
         if name in ("run", "_worker") and _is_runner_file(code.co_filename):
             return _RUNNER
+        if "scope" in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]:
+            return _SCOPED
         return _PLAIN
 
     def _cached_labels(self, names: tuple[str, ...], thread: FrameId) -> Stack:
@@ -348,24 +379,28 @@ class Sampler:
     def loop_snapshot(self) -> tuple[Stack, str | None]:
         """The loop thread's stack now, at the lines it is on, and its route.
 
-        Only the part above the request's middleware frame when there is one
-        (the server and the loop below it are the same for every request).
+        Only the part above the request's frame when there is one (the
+        server and the loop below it are the same for every request).
         """
         tid = self.loop_thread
         frame = None if tid is None else sys._current_frames().get(tid)
         out: list[FrameId] = []
-        route: str | None = None
+        scoped: FrameType | None = None
+        cut = 0
         while frame is not None and len(out) < _MAX_DEPTH:
             code = frame.f_code
-            if self._kind(code) == _REQUEST:
-                scope = frame.f_locals.get("scope")
-                labels = self._labels(scope) if isinstance(scope, dict) else ()
-                route = labels[0].function if labels else None
-                break
+            kind = self._kind(code)
+            if kind in (_REQUEST, _SCOPED):
+                scoped, cut = frame, len(out)
+                if kind == _REQUEST:
+                    break
             out.append(FrameId(_name(code), code.co_filename, frame.f_lineno or 0))
             frame = frame.f_back
-        out.reverse()
-        return tuple(out), route
+        labels = self._scope_labels(scoped)
+        if labels is None:
+            out.reverse()
+            return tuple(out), None
+        return tuple(reversed(out[:cut])), labels[0].function if labels else None
 
     def forget_codes(self) -> None:
         """Classify code objects again (after ``request_codes`` changed)."""

@@ -180,14 +180,20 @@ class PerfRun:
             saved.append(_write_json(out / "stats.json", stats))
             if verdicts is not None:
                 saved.append(_write_json(out / "budgets.json", verdicts))
-            for fmt in ("prof", "svg"):
-                if fmt in window_links:
+            # The window as pstats and a flame graph, and where each route
+            # spent its time (a sampler window's breakdown).
+            for link, name in (
+                ("prof", "window.prof"),
+                ("svg", "window.svg"),
+                ("routes", "routes.json"),
+            ):
+                if link in window_links:
                     try:
-                        body = self.client.download_link(window_links[fmt])
+                        body = self.client.download_link(window_links[link])
                     except PerfClientError as exc:
-                        log.warning("asgi_perf: could not download the window's .%s: %s", fmt, exc)
+                        log.warning("asgi_perf: could not download the window's %s: %s", name, exc)
                         continue
-                    path = out / f"window.{fmt}"
+                    path = out / name
                     path.write_bytes(body)
                     saved.append(path)
         except OSError as exc:

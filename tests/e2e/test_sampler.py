@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import shutil
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +26,7 @@ from fastapi import FastAPI
 from helpers import function_names, load_stats
 
 from asgi_perf import PerfMiddleware
+from asgi_perf.engines.pyspy_impl import PyspyEngine
 from asgi_perf.renderers import RENDERERS
 
 pytestmark = pytest.mark.slow
@@ -395,3 +399,36 @@ async def test_a_lifespan_profile_is_taken_by_the_sampler(live_server, tmp_path)
     names = function_names(load_stats(prof.read_bytes(), tmp_path))
     assert "alpha_work" in names
     assert "GET /alpha" in names
+
+
+async def test_a_py_spy_window_through_http(live_server, client_for, tmp_path):
+    if shutil.which("py-spy") is None and not Path(sys.executable).with_name("py-spy").exists():
+        pytest.skip("py-spy is not installed")
+    server = live_server(PerfMiddleware(build_app()))
+    async with client_for(server.url) as client:
+        response = await window_under_load(client, server.url, ["/alpha"], engine="pyspy")
+        profile_id = response.headers["x-perf-profile-id"]
+        meta = (await client.get(f"/_perf/profiles/{profile_id}")).json()
+        routes = await client.get(f"/_perf/profiles/{profile_id}.svg?route={quote(ALPHA)}")
+    assert response.status_code == 200, response.text
+    assert meta["engine"] == "pyspy" and meta["samples"] > 0
+    assert "alpha_work" in function_names(load_stats(response.content, tmp_path))
+    # py-spy reads the process from outside: it cannot say which route.
+    assert routes.status_code == 400 and "sampler" in routes.json()["error"]
+
+
+async def test_a_missing_py_spy_is_a_409_that_says_how_to_fix_it(live_server, client_for):
+    mw = PerfMiddleware(build_app())
+    # A real engine pointed at a program that does not exist.
+    mw.core._engines["pyspy"] = PyspyEngine(executable="/nonexistent/py-spy")
+    server = live_server(mw)
+    async with client_for(server.url) as client:
+        response = await client.get("/_perf/profile", params={"seconds": 1, "engine": "pyspy"})
+        native_elsewhere = await client.get("/_perf/profile", params={"seconds": 1, "native": 1})
+        after = await client.get("/_perf/profile", params={"seconds": 1})
+    assert response.status_code == 409
+    body = response.json()
+    assert "pip install" in body["error"] and body["engine"] == "pyspy"
+    assert native_elsewhere.status_code == 400
+    assert native_elsewhere.json()["parameter"] == "native"
+    assert after.status_code == 200  # nothing was left running
