@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("profile", "remote:cmd_profile", "profile the whole app for N seconds")
     p.add_argument("url", metavar="URL")
     p.add_argument("--seconds", type=float, required=True, metavar="N")
-    p.add_argument("--engine", choices=_ENGINES, help="default: the app's engine option")
+    p.add_argument(
+        "--engine", choices=_ENGINES, help="default: the app's window_engine option (sampler)"
+    )
     p.add_argument("--format", choices=_FORMATS, help="default: from -o's extension, else prof")
     p.add_argument("-o", "--output", metavar="FILE", help="file, directory or - (stdout)")
     p.add_argument("--open", action="store_true", help=".prof in snakeviz, others in a browser")

@@ -71,7 +71,7 @@ def add_arguments(parser: LocustArgumentParser, **_: Any) -> None:
         "--perf-engine",
         choices=sorted(ENGINES),
         default=None,
-        help="asgi_perf: profiler of the run's window (default: the app's configured engine)",
+        help="asgi_perf: profiler of the run's window (default: the app's window_engine, sampler)",
         **hidden,
     )
     parser.add_argument(
