@@ -137,7 +137,8 @@ class PerfCore:
             self.loop.attach(loop)
         if self.ring is not None:
             self.ring.start()
-        self.sampler.add_hook(self._watch_loop)
+            # The ring samples for as long as the loop lives, no longer.
+            self.sampler.add_hook(self._watch_loop)
 
     def _watch_loop(self, now: float) -> None:
         """On the sampler's thread: stop sampling once the loop is gone."""

@@ -100,6 +100,9 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._switch_was: float | None = None
+        # True while some sink takes samples: the middleware then leaves the
+        # request's scope in its context (a plain attribute: read per request).
+        self.active = False
         self.loop_thread: int | None = None
         self.request_codes: frozenset[CodeType] = frozenset()
         self._codes: dict[int, _Code] = {}
@@ -114,22 +117,19 @@ class Sampler:
 
     # -- who is sampled, and for whom
 
-    @property
-    def active(self) -> bool:
-        """True while some sink takes samples: the middleware then tags contexts."""
-        return bool(self._sinks)
-
     def subscribe(self, sink: Sink) -> None:
         with self._lock:
             if not self._sinks:
                 self._shorten_switches()
             self._sinks = (*self._sinks, sink)
+            self.active = True
         self._ensure_running()
 
     def unsubscribe(self, sink: Sink) -> None:
         with self._lock:
             had = bool(self._sinks)
             self._sinks = tuple(s for s in self._sinks if s is not sink)
+            self.active = bool(self._sinks)
             if had and not self._sinks:
                 self._restore_switches()
 
@@ -170,6 +170,7 @@ class Sampler:
             if self._sinks:
                 self._restore_switches()
             self._sinks = ()
+            self.active = False
             self._hooks = ()
             thread = self._thread
         self._wake.set()
