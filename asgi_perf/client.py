@@ -146,15 +146,23 @@ class PerfClient:
     # ----------------------------------------------------------------- downloads
 
     def profile(
-        self, seconds: float, engine: str | None = None, fmt: str = "prof"
+        self,
+        seconds: float | None,
+        engine: str | None = None,
+        fmt: str = "prof",
+        *,
+        route: str | None = None,
+        last: int | None = None,
     ) -> tuple[bytes, str]:
         """``GET {prefix}/profile``: profile the process for ``seconds``, then download.
 
-        Returns the body and the file name the server suggests.
+        ``last`` instead: the last N seconds of the app's continuous sampler,
+        at once. ``route`` keeps one route's samples. Returns the body and
+        the file name the server suggests.
         """
-        params = _params(seconds=seconds, engine=engine, format=fmt)
+        params = _params(seconds=seconds, engine=engine, format=fmt, route=route, last=last)
         # The answer only starts once the window has ended.
-        timeout = httpx.Timeout(self.timeout, read=seconds + 30.0)
+        timeout = httpx.Timeout(self.timeout, read=(seconds or 0) + 30.0)
         response = self._request("GET", self.api_url + "/profile", params, timeout)
         return response.content, _filename(response, f"profile.{fmt}")
 

@@ -154,10 +154,15 @@ class LoopMonitor:
             self.blocks.remove(min(self.blocks, key=lambda b: b.duration_ms))
 
     def summary(self) -> dict[str, Any]:
-        """The short form in ``/stats``: lag quantiles and how many blocks."""
+        """The short form in ``/stats``: lag quantiles and the blocks, without stacks."""
         return {
             "lag_ms": self.lag.summary(),
-            "blocks": self.block_count,
+            # As in /loop, without the stacks: those are in /loop.
+            "blocks": [
+                {k: v for k, v in b.to_json().items() if k != "stack"}
+                for b in sorted(self.blocks, key=lambda b: b.at)
+            ],
+            "block_count": self.block_count,
             "blocked_ms_total": round(self.blocked_ms_total, 3),
             "threshold_ms": self.threshold_ms,
             "monitoring": self.running,

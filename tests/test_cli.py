@@ -33,7 +33,7 @@ BUDGETS = {
     "GET /slow": {"p99_ms": 5},  # /slow sleeps 20+ ms: always broken
     "GET /users/{user_id}": {"p99_ms": 100},  # never called: insufficient
 }
-PERF = {"budgets": BUDGETS, "min_samples": 2, "sample_rate": 1.0}
+PERF = {"budgets": BUDGETS, "min_samples": 2, "sample_rate": 1.0, "profile_budget": 1.0}
 ENV_TO_CLEAR = ("ASGI_PERF_TOKEN", "ASGI_PERF_PREFIX", "FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS")
 
 Run = Callable[..., tuple[int, str, str]]
@@ -207,6 +207,42 @@ def test_profile_names_the_file_like_the_server(
     assert saved.name.startswith("process-") and saved.suffix == ".collapsed"
     assert f"saved {saved.name}" in out
     assert all(line.rsplit(" ", 1)[1].isdigit() for line in saved.read_text().splitlines())
+
+
+def test_profile_keeps_one_route_with_route(server: str, cli: Run, tmp_path: Path) -> None:
+    # A sync endpoint waits in the threadpool: the sampler sees it there.
+    sender = threading.Thread(target=get, args=(server, "/sync?ms=20", 60), daemon=True)
+    sender.start()
+    output = tmp_path / "sync.collapsed"
+    code, _, err = cli(
+        "profile", server, "--seconds", "1", "--route", "GET /sync", "-o", str(output)
+    )
+    sender.join(30)
+    assert (code, err) == (0, ""), err
+    roots = {line.split(";", 1)[0] for line in output.read_text().splitlines()}
+    assert roots == {"GET /sync (<route>)"}
+
+
+def test_profile_last_needs_the_apps_continuous_sampler(
+    live_server: Any, fastapi_app: Any, cli: Run, tmp_path: Path
+) -> None:
+    plain = live_server(fastapi_app(perf=PERF)).url
+    code, _, err = cli("profile", plain, "--last", "5")
+    assert code != 0
+    assert_one_line_error(err, "409", "continuous")
+
+    continuous = live_server(fastapi_app(perf={**PERF, "continuous": True})).url
+    get(continuous, "/sync?ms=30", 5)
+    output = tmp_path / "recent.collapsed"
+    code, _, err = cli("profile", continuous, "--last", "5", "-o", str(output))
+    assert (code, err) == (0, ""), err
+    assert "GET /sync (<route>)" in output.read_text()
+
+    code, _, err = cli("profile", continuous, "--last", "5", "--seconds", "3")
+    assert code == 2 and "not allowed with" in err  # argparse: one or the other
+    code, _, err = cli("profile", continuous, "--last", "5", "--engine", "yappi")
+    assert code != 0
+    assert_one_line_error(err, "--engine")
 
 
 def test_fetch_latest_and_slowest(server: str, cli: Run, tmp_path: Path) -> None:

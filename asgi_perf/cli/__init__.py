@@ -91,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("profile", "remote:cmd_profile", "profile the whole app for N seconds")
     p.add_argument("url", metavar="URL")
-    p.add_argument("--seconds", type=float, required=True, metavar="N")
+    span = p.add_mutually_exclusive_group(required=True)
+    span.add_argument("--seconds", type=float, metavar="N", help="a new window of N seconds")
+    span.add_argument(
+        "--last", type=int, metavar="N", help="the last N seconds, at once (app: continuous=True)"
+    )
+    p.add_argument("--route", help='only this route\'s samples, e.g. "GET /items/{item_id}"')
     p.add_argument(
         "--engine", choices=_ENGINES, help="default: the app's window_engine option (sampler)"
     )
@@ -102,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("fetch", "remote:cmd_fetch", "download a stored profile")
     p.add_argument("url", metavar="URL")
     p.add_argument("ref", metavar="ID|latest|slowest")
-    p.add_argument("--route", help='with latest/slowest, e.g. "GET /items/{item_id}"')
+    p.add_argument(
+        "--route",
+        help='with latest/slowest, and to keep one route\'s samples, e.g. "GET /items/{item_id}"',
+    )
     p.add_argument("--format", choices=_FORMATS, help="default: from -o's extension, else prof")
     p.add_argument("-o", "--output", metavar="FILE", help="file, directory or - (stdout)")
     p.add_argument("--open", action="store_true", help=".prof in snakeviz, others in a browser")

@@ -96,10 +96,21 @@ def _recent_window(routes: list[dict[str, Any]]) -> Any:
 
 
 def cmd_profile(args: argparse.Namespace, io: IO) -> int:
-    if args.seconds <= 0:
-        raise CLIError(f"--seconds must be more than 0, got {args.seconds:g}")
-    with client_for(args) as client:
-        body, name = _profile_with_progress(client, args, io)
+    if args.last is not None:
+        if args.engine is not None:
+            raise CLIError("--last is cut from the app's continuous sampler: no --engine")
+        if args.last <= 0:
+            raise CLIError(f"--last must be more than 0, got {args.last}")
+        with client_for(args) as client:
+            # The recent past is already recorded: nothing to wait for.
+            body, name = client.profile(
+                None, fmt=format_for(args), route=args.route, last=args.last
+            )
+    else:
+        if args.seconds <= 0:
+            raise CLIError(f"--seconds must be more than 0, got {args.seconds:g}")
+        with client_for(args) as client:
+            body, name = _profile_with_progress(client, args, io)
     path = write_output(io, body, args.output, name)
     if args.open and path is not None:
         return open_file(path)
@@ -114,7 +125,11 @@ def _profile_with_progress(
 
     def fetch() -> None:
         try:
-            result.append(client.profile(args.seconds, engine=args.engine, fmt=format_for(args)))
+            result.append(
+                client.profile(
+                    args.seconds, engine=args.engine, fmt=format_for(args), route=args.route
+                )
+            )
         except BaseException as exc:  # handed to the main thread, which reports it
             failure.append(exc)
 
