@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pprof_reader
 import pytest
 from pyinstrument import Profiler
 from pyinstrument.frame import Frame
@@ -42,6 +43,7 @@ MEDIA_TYPES = {
     "html": "text/html; charset=utf-8",
     "speedscope.json": "application/json",
     "collapsed": "text/plain; charset=utf-8",
+    "pb.gz": "application/octet-stream",
 }
 COLLAPSED_LINE = re.compile(r"^[^;\n]+(;[^;\n]+)* \d+$")
 URL = re.compile(r"https?://[^\s\"'<>)]+")
@@ -520,6 +522,12 @@ def test_odd_names_stay_intact_and_harmless(fmt: str, tmp_path: Path) -> None:
         path.write_bytes(body)
         names = {k[2] for k in pstats.Stats(str(path)).stats}  # type: ignore[attr-defined]
         assert ODD_NAME in names
+    elif fmt == "pb.gz":
+        profile = pprof_reader.read(body)
+        names = {f.name for f in profile.functions.values()}
+        assert ODD_NAME in names and "semi;colon\nnew line" in names
+        files = {f.filename for f in profile.functions.values()}
+        assert '/srv/a<b>&"c"/app.py' in files
     else:
         page = body.decode()
         plain = Capture(engine="x", stacks={(FrameId("f", "x.py", 1),): 1.0}, duration_s=1)

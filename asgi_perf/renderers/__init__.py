@@ -13,6 +13,7 @@ from asgi_perf.renderers.base import NotRenderable, Renderer, UnknownFormat
 from asgi_perf.renderers.collapsed import CollapsedRenderer
 from asgi_perf.renderers.flamegraph import FlameGraphRenderer
 from asgi_perf.renderers.html import HTMLRenderer
+from asgi_perf.renderers.pprof import PprofRenderer
 from asgi_perf.renderers.pstats import PstatsRenderer
 from asgi_perf.renderers.speedscope import SpeedscopeRenderer
 
@@ -26,6 +27,7 @@ RENDERERS: dict[str, Renderer] = {
         HTMLRenderer(),
         SpeedscopeRenderer(),
         CollapsedRenderer(),
+        PprofRenderer(),
     )
 }
 
