@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pprof_reader
 import pytest
 from cpu_work import CHUNKS, alpha_work, beta_work, sync_work
 from fastapi import FastAPI
@@ -33,7 +34,7 @@ from asgi_perf.capture import ProfileMeta
 ENGINES = ["pyinstrument", "yappi", "cprofile"]
 # cProfile sees everything the event loop ran: it does not keep requests apart.
 ISOLATING_ENGINES = ["pyinstrument", "yappi"]
-FORMATS = ["prof", "svg", "html", "speedscope.json", "collapsed"]
+FORMATS = ["prof", "svg", "html", "speedscope.json", "collapsed", "pb.gz"]
 PROFILE = {"X-Perf-Profile": "1"}
 PROFILE_RAW = (b"x-perf-profile", b"1")
 ID_HEADER = "x-perf-profile-id"
@@ -729,6 +730,10 @@ async def test_every_format_downloads_for_every_engine(engine, fmt, client_for, 
         assert "speedscope" in data["$schema"]
         assert any("alpha_work" in f["name"] for f in data["shared"]["frames"])
         assert data["profiles"]
+    elif fmt == "pb.gz":
+        assert response.headers["content-type"] == "application/octet-stream"
+        profile = pprof_reader.read(response.content)
+        assert any("alpha_work" in profile.names(s) for s in profile.samples)
     else:
         assert fmt == "collapsed"
         assert response.headers["content-type"].startswith("text/plain")
@@ -784,6 +789,15 @@ async def test_merged_profiles_by_route_and_by_ids(client_for, tmp_path):
         )
         assert_download(collapsed)
         assert "beta_work" in collapsed.text
+        pprof = await client.get(
+            "/_perf/profiles/merged.pb.gz", params={"ids": f"{alphas[0]},{beta}"}
+        )
+        assert_download(pprof)
+        assert 'filename="merged' in pprof.headers["content-disposition"]
+        assert pprof.headers["content-disposition"].endswith('.pb.gz"')
+        profile = pprof_reader.read(pprof.content)
+        names = {name for s in profile.samples for name in profile.names(s)}
+        assert {"alpha_work", "beta_work"} <= names
 
         assert_json_error(await client.get("/_perf/profiles/merged.prof"), 400)
         both = {"route": "GET /alpha", "ids": beta}

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import pprof_reader
 import pytest
 from cpu_work import CHUNKS, alpha_work, beta_work, sync_work
 from fastapi import FastAPI
@@ -235,6 +236,11 @@ async def test_route_filters_every_format(live_server, client_for, tmp_path, fmt
     if fmt == "prof":
         names = function_names(load_stats(body, tmp_path))
         assert "beta_work" in names and "alpha_work" not in names
+    elif fmt == "pb.gz":
+        profile = pprof_reader.read(body)
+        names = {name for s in profile.samples for name in profile.names(s)}
+        assert "beta_work" in names and "alpha_work" not in names
+        assert {r for s in profile.samples for r in s.labels["route"]} == {BETA}
     else:
         assert b"beta_work" in body and b"alpha_work" not in body
     assert missing.status_code == 404 and "GET /nowhere" in missing.json()["error"]
