@@ -4,7 +4,7 @@ The file is a gzipped ``perftools.profiles.Profile`` message (google/pprof,
 ``proto/profile.proto``). It is encoded here by hand rather than with
 Google's ``protobuf`` runtime and a generated ``profile_pb2.py``: the few
 messages written need two wire types (varints and length-delimited bytes),
-which take a dozen lines, while ``protobuf`` would be a new runtime
+which take some twenty lines, while ``protobuf`` would be a new runtime
 dependency (every profile has this format, so it cannot be an optional
 extra) whose generated code must match the installed runtime's major
 version, a well-known source of conflicts in the apps that would install
