@@ -14,6 +14,23 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# System programs that some tests read their output with (Go's pprof for the
+# .pb.gz format): installed with apt when this runs as root on Debian or
+# Ubuntu; elsewhere those tests skip and name the package to install.
+SYSDEPS := golang-go
+SYSSTAMP := $(VENV)/.sysdeps
+
+$(SYSSTAMP): Makefile | $(BIN)/python
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  missing=""; \
+	  for p in $(SYSDEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $$missing; \
+	  fi; \
+	else echo "not root with apt-get: tests that need $(SYSDEPS) will skip"; fi
+	touch $@
+
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -32,7 +49,7 @@ imports: $(STAMP)
 
 # The whole suite under coverage (branch); the report fails under the figure
 # in [tool.coverage.report]. The quick loop: $(BIN)/pytest -m "not slow".
-pytest: $(STAMP)
+pytest: $(STAMP) $(SYSSTAMP)
 	$(BIN)/coverage run -m pytest
 	$(BIN)/coverage report
 
