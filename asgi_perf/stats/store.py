@@ -290,41 +290,86 @@ class Recorder:
     ) -> dict[str, Any]:
         total = rs.merged(None)
         recent = rs.merged(recent_since)
-        entry: dict[str, Any] = {
-            "route": rs.key,
-            "method": rs.method,
-            "template": rs.template,
+        counters = {
             "count": rs.count,
             "errors": rs.errors,
             "exceptions": rs.exceptions,
             "disconnects": rs.disconnects,
-            "status": {
-                "1xx": rs.status[1],
-                "2xx": rs.status[2],
-                "3xx": rs.status[3],
-                "4xx": rs.status[4],
-                "5xx": rs.status[5],
-                "none": rs.status[0],
-            },
-            "in_flight": in_flight,
+            "status": dict(zip(_STATUS_NAMES, rs.status, strict=True)),
             "bytes": rs.bytes,
-            "latency_ms": total.total.summary(1e6),
-            "ttfb_ms": total.ttfb.summary(1e6),
-            "memory_mb": memory_summary(total.memory, memory_method),
-            "recent": {
-                "window_s": self.window_s,
-                "count": recent.total.count,
-                "rps": round(recent.total.count / span_s, 3),
-                "latency_ms": recent.total.summary(1e6),
-            },
         }
-        if histograms:
-            entry["histograms"] = {
-                "latency_ns": total.total.to_dict(),
-                "ttfb_ns": total.ttfb.to_dict(),
-                "memory_bytes": total.memory.to_dict(),
-            }
-        return entry
+        return route_entry(
+            rs.key,
+            counters,
+            total.total,
+            total.ttfb,
+            total.memory,
+            recent.total,
+            round(recent.total.count / span_s, 3),
+            window_s=self.window_s,
+            in_flight=in_flight,
+            memory_method=memory_method,
+            histograms=histograms,
+        )
+
+
+# RouteStats.status is indexed by status // 100; index 0 is "no response".
+_STATUS_NAMES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
+
+
+def route_entry(
+    key: str,
+    counters: dict[str, Any],
+    latency: Histogram,
+    ttfb: Histogram,
+    memory: Histogram,
+    recent: Histogram,
+    recent_rps: float,
+    *,
+    window_s: int,
+    in_flight: int,
+    memory_method: str,
+    histograms: bool,
+) -> dict[str, Any]:
+    """One route of a snapshot, from its counters and histograms.
+
+    The one place that shapes a route's numbers: a process's own snapshot
+    and a merge of several (workers, hosts) are built by it alike.
+    """
+    method, sep, template = key.partition(" ")
+    if not (sep and method.isalpha() and method.isupper()):
+        method, template = "", key
+    status = counters["status"]
+    entry: dict[str, Any] = {
+        "route": key,
+        "method": method,
+        "template": template,
+        "count": counters["count"],
+        "errors": counters["errors"],
+        "exceptions": counters["exceptions"],
+        "disconnects": counters["disconnects"],
+        "status": {name: status.get(name, 0) for name in STATUS_CLASSES},
+        "in_flight": in_flight,
+        "bytes": counters["bytes"],
+        "latency_ms": latency.summary(1e6),
+        "ttfb_ms": ttfb.summary(1e6),
+        "memory_mb": memory_summary(memory, memory_method),
+        "recent": {
+            "window_s": window_s,
+            "count": recent.count,
+            "rps": recent_rps,
+            "latency_ms": recent.summary(1e6),
+        },
+    }
+    if histograms:
+        entry["histograms"] = {
+            "latency_ns": latency.to_dict(),
+            "ttfb_ns": ttfb.to_dict(),
+            "memory_bytes": memory.to_dict(),
+            "recent_latency_ns": recent.to_dict(),
+        }
+    return entry
 
 
 def memory_summary(h: Histogram, method: str) -> dict[str, Any]:
