@@ -68,6 +68,10 @@ class PerfConfig:
     loop_monitor: bool = True
     block_threshold_ms: float = 100.0
     max_loop_blocks: int = 100
+    # Several workers of one server (spec 8): where they share their state.
+    # None: found on its own for uvicorn --workers and gunicorn workers.
+    shared_dir: str | os.PathLike[str] | None = None
+    flush_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         _check_bool("enabled", self.enabled)
@@ -102,6 +106,11 @@ class PerfConfig:
         _check_bool("loop_monitor", self.loop_monitor)
         _check_number("block_threshold_ms", self.block_threshold_ms, 5.0, 60_000.0)
         _check_int("max_loop_blocks", self.max_loop_blocks, 1, 100_000)
+        if self.shared_dir is not None and (
+            not isinstance(self.shared_dir, (str, os.PathLike)) or not str(self.shared_dir)
+        ):
+            raise ConfigError("shared_dir: must be a directory path or None")
+        _check_number("flush_interval_s", self.flush_interval_s, 0.05, 3600.0)
         _check_bool("lifespan_profile", self.lifespan_profile)
         if (
             isinstance(self.sample_rate, bool)
@@ -162,7 +171,7 @@ class PerfConfig:
         """Apply ``ASGI_PERF_*`` overrides; a bad value names its variable."""
         merged = self
         for name, parse in _ENV_PARSERS.items():
-            var = "ASGI_PERF_" + name.upper()
+            var = _ENV_NAMES.get(name, "ASGI_PERF_" + name.upper())
             raw = env.get(var)
             if raw is None:
                 continue
@@ -223,7 +232,11 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "loop_monitor": _parse_bool,
     "block_threshold_ms": _parse_float,
     "max_loop_blocks": _parse_int,
+    "shared_dir": _parse_optional_str,
+    "flush_interval_s": _parse_float,
 }
+# Options whose variable is not ASGI_PERF_ + the option's name.
+_ENV_NAMES = {"shared_dir": "ASGI_PERF_DIR"}
 
 
 def _check_bool(name: str, value: object) -> None:

@@ -8,10 +8,13 @@ collaborator gets only the piece it needs (a store, a callable).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
+import time
 import tracemalloc
+from pathlib import Path
 from types import CodeType
 from typing import Any
 
@@ -27,9 +30,11 @@ from asgi_perf.loop import LoopMonitor
 from asgi_perf.memory import process_memory
 from asgi_perf.profiling import PROFILE_ID_KEY, RequestProfiler, engine_for, request_tag
 from asgi_perf.routes import RouteKeys, route_path
+from asgi_perf.stats.merge import NotMergeable, merge_snapshots
 from asgi_perf.stats.store import Recorder
 from asgi_perf.storage import ProfileStore
 from asgi_perf.window import Windows
+from asgi_perf.workers import Workers, server_directory
 
 logger = logging.getLogger("asgi_perf")
 
@@ -81,6 +86,24 @@ class PerfCore:
                 in_flight=self.in_flight,
             )
         self.ring = Ring(self.sampler, cfg.continuous_minutes) if cfg.continuous else None
+        self.workers: Workers | None = None
+        if cfg.enabled:
+            shared = Path(cfg.shared_dir) if cfg.shared_dir is not None else server_directory()
+            if shared is not None:
+                self.workers = Workers(
+                    shared,
+                    self._worker_state,
+                    self._reset_here,
+                    self.internal_error,
+                    interval_s=cfg.flush_interval_s,
+                )
+                try:
+                    self.workers.start()
+                    atexit.register(self.workers.stop)
+                except OSError as exc:
+                    # An unwritable directory: this worker answers for itself.
+                    self.internal_error("shared_dir", exc)
+                    self.workers = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.requests: RequestProfiler | None = None
         if cfg.enabled:
@@ -133,6 +156,10 @@ class PerfCore:
             return
         self._loop = loop
         self.sampler.loop_thread = threading.get_ident()
+        if self.workers is not None:
+            # A worker forked after the app was built (gunicorn --preload)
+            # starts its own writer here.
+            self.workers.start()
         if self.loop is not None:
             self.loop.attach(loop)
         if self.ring is not None:
@@ -202,9 +229,56 @@ class PerfCore:
             counts[name] = counts.get(name, 0) + 1
         return counts
 
+    def _worker_state(self) -> dict[str, Any]:
+        """What this worker shares with the others: its numbers, histograms included."""
+        return self.recorder.snapshot(self.in_flight(), self.memory_method, True)
+
+    async def fresh(self, timeout_s: float = 0.5) -> None:
+        """Have every live worker write its state now, so an answer counts all.
+
+        Waits at most ``timeout_s``; a worker too busy to answer in time is
+        counted as of its last write.
+        """
+        workers = self.workers
+        if workers is None:
+            return
+        try:
+            asked = workers.ask_flush()
+            deadline = time.monotonic() + timeout_s
+            while not workers.flushed_since(asked) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        except OSError as exc:
+            self.internal_error("shared_dir", exc)
+
     def snapshot(self, *, histograms: bool = False) -> dict[str, Any]:
-        """Everything measured so far, as served by ``GET {prefix}/stats``."""
-        snap = self.recorder.snapshot(self.in_flight(), self.memory_method, histograms)
+        """Everything measured so far, as served by ``GET {prefix}/stats``.
+
+        With workers, the numbers of every worker of the server, merged.
+        """
+        workers = self.workers
+        own = self.recorder.snapshot(
+            self.in_flight(), self.memory_method, histograms or bool(workers)
+        )
+        if workers is None:
+            snap = own
+            snap["scope"] = "process"
+            snap["workers"] = [
+                {
+                    "pid": os.getpid(),
+                    "alive": True,
+                    "requests": own["requests"],
+                    "last_flush_s": None,
+                }
+            ]
+        else:
+            parts = [own] + [body["snapshot"] for body in workers.others() if body.get("snapshot")]
+            try:
+                snap = merge_snapshots(parts, histograms=histograms)
+            except NotMergeable as exc:
+                self.internal_error("shared_dir", exc)
+                snap = merge_snapshots([own], histograms=histograms)
+            snap["scope"] = "server"
+            snap["workers"] = workers.describe(own["requests"])
         snap["pid"] = os.getpid()
         snap["internal_errors"] = self.internal_errors
         snap["profiling"] = {
@@ -236,7 +310,14 @@ class PerfCore:
     def reset(self) -> dict[str, Any]:
         """Clear all numbers; returns the snapshot that was cleared."""
         cleared = self.snapshot()
+        if self.workers is not None:
+            self.workers.reset_all()
+        else:
+            self._reset_here()
+        return cleared
+
+    def _reset_here(self) -> None:
+        """Clear this process's numbers (a worker told to reset does this)."""
         self.recorder.reset()
         if self.loop is not None:
             self.loop.reset()
-        return cleared

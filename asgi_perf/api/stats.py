@@ -38,12 +38,16 @@ def add_stats_routes(add: AddRoute, core: PerfCore) -> None:
         return json_response({"schema": 1, "endpoints": endpoints})
 
     async def stats(request: Request) -> Response:
-        return json_response(core.snapshot(histograms=query_bool(request, "histograms")))
+        histograms = query_bool(request, "histograms")
+        await core.fresh()
+        return json_response(core.snapshot(histograms=histograms))
 
     async def budgets(request: Request) -> Response:
+        await core.fresh()
         return json_response(core.budgets.check(core.snapshot()))
 
     async def reset(request: Request) -> Response:
+        await core.fresh()
         return json_response(core.reset())
 
     add(r"/", {"GET": index})
