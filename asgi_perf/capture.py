@@ -72,6 +72,7 @@ class ProfileMeta(TypedDict, total=False):
     interval_s: float  # a sampling engine's interval (pyinstrument, py-spy)
     samples: int  # a sampling engine's sample count
     native: bool  # py-spy: native (C) frames were sampled too
+    workers: list[int]  # pids of the workers a server window added up
     clock: str  # yappi's "wall" or "cpu"
     threads: int  # threads yappi saw in a window
     # The sampler's (and the continuous ring's).

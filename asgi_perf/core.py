@@ -9,27 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import logging
 import os
 import threading
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from types import CodeType
-from typing import Any
+from typing import Any, TypeVar
 
 from asgi_perf._types import Scope
 from asgi_perf.budgets import BudgetSet, load_budgets
-from asgi_perf.capture import FrameId
+from asgi_perf.capture import Capture, FrameId
 from asgi_perf.config import PerfConfig
 from asgi_perf.continuous import Ring
-from asgi_perf.engines import Engine, check_engine_name
+from asgi_perf.engines import WINDOW_ONLY, Engine, check_engine_name
 from asgi_perf.engines.sampler_impl import Sampler, SamplerEngine
 from asgi_perf.labels import OWN, request_frame, route_frame, tag_frame
 from asgi_perf.loop import LoopMonitor
 from asgi_perf.memory import process_memory
 from asgi_perf.profiling import PROFILE_ID_KEY, RequestProfiler, engine_for, request_tag
 from asgi_perf.routes import RouteKeys, route_path
+from asgi_perf.server_windows import ServerWindows
 from asgi_perf.stats.merge import NotMergeable, merge_snapshots
 from asgi_perf.stats.store import Recorder
 from asgi_perf.storage import ProfileStore
@@ -37,6 +40,8 @@ from asgi_perf.window import Windows
 from asgi_perf.workers import Workers, server_directory
 
 logger = logging.getLogger("asgi_perf")
+
+T = TypeVar("T")
 
 MEMORY_NOTE = (
     "per-request memory is the growth of process RSS (sampled requests) "
@@ -87,6 +92,7 @@ class PerfCore:
             )
         self.ring = Ring(self.sampler, cfg.continuous_minutes) if cfg.continuous else None
         self.workers: Workers | None = None
+        self.server_windows: ServerWindows | None = None
         if cfg.enabled:
             shared = Path(cfg.shared_dir) if cfg.shared_dir is not None else server_directory()
             if shared is not None:
@@ -97,6 +103,11 @@ class PerfCore:
                     self.internal_error,
                     interval_s=cfg.flush_interval_s,
                 )
+                self.server_windows = ServerWindows(
+                    shared, self.store, self.workers.live_pids, self.internal_error
+                )
+                self.workers.hooks.append(self._poll_server)
+                self.workers.profiles = self._shared_profiles
                 try:
                     self.workers.start()
                     atexit.register(self.workers.stop)
@@ -104,6 +115,7 @@ class PerfCore:
                     # An unwritable directory: this worker answers for itself.
                     self.internal_error("shared_dir", exc)
                     self.workers = None
+                    self.server_windows = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.requests: RequestProfiler | None = None
         if cfg.enabled:
@@ -228,6 +240,61 @@ class PerfCore:
             name = capped(key(scope))
             counts[name] = counts.get(name, 0) + 1
         return counts
+
+    # -- windows of every worker (called by the workers' poll thread)
+
+    def _poll_server(self) -> None:
+        sw = self.server_windows
+        if sw is not None:
+            sw.poll(self._join_window, self._leave_window)
+            sw.serve_exports()
+
+    def _join_window(self, request: dict[str, Any]) -> str | None:
+        """Start this worker's part of a server window (on its event loop)."""
+        engine = str(request["engine"])
+
+        def start() -> str:
+            return self.windows.start(
+                engine,
+                None,
+                tag=request.get("tag"),
+                native=bool(request.get("native")),
+                part_of=str(request["id"]),
+            ).id
+
+        return self._on_loop(start, needs_loop=engine not in WINDOW_ONLY)
+
+    def _leave_window(self, local_id: str) -> Capture | None:
+        return self._on_loop(lambda: self.windows.take(local_id), needs_loop=False)
+
+    def _on_loop(self, fn: Callable[[], T], *, needs_loop: bool) -> T | None:
+        """``fn()`` on the event loop's thread, waited for; None when it cannot run.
+
+        The sampler and py-spy start from any thread; a hooking profiler
+        must start on the loop's own thread, which a worker that has served
+        no request yet has not shown us.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return None if needs_loop else fn()
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        try:
+            return done.result(timeout=5)
+        except Exception as exc:
+            self.internal_error("server_window", exc)
+            return None
+
+    def _shared_profiles(self) -> list[Any]:
+        """This worker's stored profiles, as the others list them."""
+        return [dict(m) for m in self.store.list(limit=self.store.max_profiles)]
 
     def _worker_state(self) -> dict[str, Any]:
         """What this worker shares with the others: its numbers, histograms included."""

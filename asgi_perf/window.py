@@ -48,6 +48,8 @@ class Window:
     ends_at: float | None
     recording: Recording
     tag: str | None = None
+    # The server window (of every worker) this one is this worker's part of.
+    part_of: str | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def info(self) -> dict[str, Any]:
@@ -135,6 +137,7 @@ class Windows:
         interval_ms: float | None = None,
         tag: str | None = None,
         native: bool = False,
+        part_of: str | None = None,
     ) -> Window:
         """Start a window; ``seconds`` None means until stopped (lifespan)."""
         if self.current is not None:
@@ -159,6 +162,7 @@ class Windows:
             ends_at=None if seconds is None else now + seconds,
             recording=recording,
             tag=tag,
+            part_of=part_of,
         )
         self.current = window
         if seconds is not None:
@@ -172,6 +176,17 @@ class Windows:
 
     def stop(self, window_id: str) -> ProfileMeta | None:
         """End the window and store its profile; returns its metadata."""
+        capture = self.take(window_id)
+        if capture is None:
+            return None
+        stored = self._store.add(capture, keep=True)
+        if stored is None:
+            # Too big for max_profile_bytes: still answered, not kept.
+            return {**capture.meta, "stored": False}
+        return {**self._store.meta(stored), "stored": True}
+
+    def take(self, window_id: str) -> Capture | None:
+        """End the window and hand its capture over, keeping nothing."""
         window = self.current
         if window is None or window.id != window_id:
             return None
@@ -200,11 +215,7 @@ class Windows:
         )
         self.completed += 1
         self.last_capture = capture
-        stored = self._store.add(capture, keep=True)
-        if stored is None:
-            # Too big for max_profile_bytes: still answered, not kept.
-            return {**capture.meta, "stored": False}
-        return {**self._store.meta(stored), "stored": True}
+        return capture
 
     def abort(self, window_id: str) -> None:
         """End the window and keep nothing (its client went away)."""

@@ -82,11 +82,15 @@ class Workers:
         self._pid = 0
         self._stop = threading.Event()
         self._written_at = 0.0
-        self._written_requests = -1
+        self._written_requests: tuple[int, int] = (-1, -1)
         self._flush_seen = 0
         self._generation = 0
         self.flushes = 0
         self.cpu_s = 0.0
+        # More work for the poll thread (server windows, profile exports).
+        self.hooks: list[Callable[[], None]] = []
+        # What else this worker shares: its stored profiles' metadata.
+        self.profiles: Callable[[], list[Any]] = list
 
     # -- this worker
 
@@ -119,6 +123,8 @@ class Workers:
             self.cpu_s += time.thread_time() - c0
 
     def _tick(self) -> None:
+        for hook in self.hooks:
+            hook()
         generation = self._read_generation()
         if generation != self._generation:
             self._generation = generation
@@ -137,9 +143,10 @@ class Workers:
         state = self._state()
         requests = int(state.get("requests", 0))
         self._written_at = time.monotonic()
-        if only_if_changed and requests == self._written_requests:
+        profiles = self.profiles()
+        if only_if_changed and (requests, len(profiles)) == self._written_requests:
             return
-        self._written_requests = requests
+        self._written_requests = (requests, len(profiles))
         body = {
             "pid": os.getpid(),
             "created": _create_time(os.getpid()),
@@ -147,6 +154,7 @@ class Workers:
             "flush": self._flush_seen,
             "generation": self._generation,
             "snapshot": state,
+            "profiles": profiles,
         }
         atomic_write(self._file(os.getpid()), json.dumps(body).encode())
         self.flushes += 1
@@ -207,6 +215,9 @@ class Workers:
                 }
             )
         return sorted(rows, key=lambda r: r["pid"])
+
+    def live_pids(self) -> list[int]:
+        return [os.getpid()] + [int(b["pid"]) for b in self.others() if _alive(b)]
 
     def stats(self) -> dict[str, Any]:
         return {"dir": str(self.directory), "flushes": self.flushes, "cpu_s": round(self.cpu_s, 4)}

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from asgi_perf.api._downloads import Downloads, renderer, view_of
+from asgi_perf.api._downloads import Downloads, download_name, renderer, view_of
 from asgi_perf.api._http import AddRoute, BadRequest, json_response, parse_int, query_bool
 from asgi_perf.api.loop import add_loop_routes
 from asgi_perf.api.snakeviz import snakeviz_page, snakeviz_static
 from asgi_perf.api.windows import add_window_routes
-from asgi_perf.capture import PROFILE_KINDS, combine
+from asgi_perf.capture import PROFILE_KINDS, Capture, ProfileMeta, combine
 from asgi_perf.core import PerfCore
 from asgi_perf.labels import is_attributed, route_table
 from asgi_perf.renderers import Renderer
@@ -35,6 +37,16 @@ def add_profile_routes(add: AddRoute, core: PerfCore) -> None:
                 400, "parameter 'kind' must be request, window or lifespan", parameter="kind"
             )
         found = store.list(route=q.get("route"), kind=kind, tag=q.get("tag"), limit=limit)
+        if core.workers is not None:
+            # Every worker's profiles: the others' as their last state lists them.
+            own = {m["id"] for m in found}
+            for m in foreign_profiles():
+                if m["id"] not in own and all(
+                    q.get(k) is None or m.get(k) == q.get(k) for k in ("route", "kind", "tag")
+                ):
+                    found.append(m)
+            found.sort(key=lambda m: m.get("created", 0.0), reverse=True)
+            del found[limit:]
         requests = core.requests
         return json_response(
             {
@@ -45,8 +57,44 @@ def add_profile_routes(add: AddRoute, core: PerfCore) -> None:
             }
         )
 
+    def foreign_profiles() -> list[ProfileMeta]:
+        if core.workers is None:
+            return []
+        return [
+            cast(ProfileMeta, m)
+            for body in core.workers.others()
+            for m in body.get("profiles") or ()
+            if isinstance(m, dict) and isinstance(m.get("id"), str)
+        ]
+
+    async def foreign_meta(ref: str) -> ProfileMeta | None:
+        """A profile another worker of the server keeps (None: no worker has it)."""
+        if core.workers is None or not ID_RE.match(ref) or store.has(ref):
+            return None
+        found = next((m for m in foreign_profiles() if m["id"] == ref), None)
+        if found is None:
+            # Kept a moment ago, maybe, and not listed yet: ask for fresh lists.
+            await core.fresh()
+            found = next((m for m in foreign_profiles() if m["id"] == ref), None)
+        return found
+
+    async def foreign_capture(meta: ProfileMeta) -> Capture:
+        server = core.server_windows
+        capture = None if server is None else await server.fetch(meta["id"])
+        if capture is None:
+            raise BadRequest(
+                404,
+                f"profile {meta['id']} is kept by worker {meta.get('pid')}, "
+                "which did not hand it over (gone, or evicted it)",
+            )
+        return capture
+
     async def profile_meta(request: Request) -> Response:
-        profile_id = files.resolve(request, request.path_params["pid"])
+        ref = request.path_params["pid"]
+        found = await foreign_meta(ref)
+        if found is not None:
+            return json_response(files.described(found))
+        profile_id = files.resolve(request, ref)
         return json_response(files.described(store.meta(profile_id)))
 
     async def profile_file(request: Request) -> Response:
@@ -54,6 +102,10 @@ def add_profile_routes(add: AddRoute, core: PerfCore) -> None:
         ref = request.path_params["pid"]
         if ref == "merged":
             return await merged(request, r)
+        found = await foreign_meta(ref)
+        if found is not None:
+            capture = view_of(await foreign_capture(found), request, f"profile {ref}")
+            return await files.send(capture, r, download_name(found), None, profile_id=ref)
         return await files.send_stored(files.resolve(request, ref), r, request)
 
     async def merged(request: Request, r: Renderer) -> Response:

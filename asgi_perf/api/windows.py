@@ -6,16 +6,21 @@ import asyncio
 import contextlib
 import os
 import secrets
+import time
+from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from asgi_perf.api._downloads import Downloads, download_name, renderer, view_of
 from asgi_perf.api._http import AddRoute, BadRequest, json_response, parse_int, query_bool
-from asgi_perf.capture import ProfileMeta
+from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.core import PerfCore
 from asgi_perf.engines import ENGINES
 from asgi_perf.errors import EngineUnavailable
+from asgi_perf.renderers import Renderer
+from asgi_perf.server_windows import ServerWindowBusy
 from asgi_perf.storage import ID_RE
 from asgi_perf.window import EngineBusy, Window, WindowBusy
 
@@ -24,6 +29,7 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
     cfg = core.config
     prefix = cfg.prefix
     windows, store = core.windows, core.store
+    server = core.server_windows
 
     def window_args(request: Request) -> tuple[str, str | None]:
         engine = request.query_params.get("engine", cfg.window_engine)
@@ -82,21 +88,11 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
         seconds = seconds_arg(request, None)
         r = renderer(request.query_params.get("format", "prof"))
         query_bool(request, "idle")  # checked before the wait, not after
+        if server is not None:
+            return await server_profile(request, seconds, r)
+        pid_arg(request)
         window = await start_window(request, seconds)
-        done = asyncio.ensure_future(asyncio.sleep(seconds))
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            client_left = gone.done() and not gone.cancelled()
-            for task in (done, gone):
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-            if client_left or not done.done():
-                # Nobody waits for the file (or we were cancelled): keep
-                # nothing half-made.
-                windows.abort(window.id)
+        client_left = await wait_or_hang_up(request, seconds, lambda: windows.abort(window.id))
         if client_left:
             # The client is gone; uvicorn drops whatever is sent now.
             return Response(status_code=499)
@@ -150,11 +146,87 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
         viewed = view_of(capture, request, f"the last {last} s")
         return await files.send(viewed, r, f"last-{last}s", None)
 
+    async def server_profile(request: Request, seconds: float, r: Renderer) -> Response:
+        """``GET /profile`` on a server of several workers: all of them, one file."""
+        assert server is not None
+        started = start_server_window(request, seconds)
+        window_id = str(started["id"])
+        if await wait_or_hang_up(request, seconds, lambda: server.abort(window_id)):
+            return Response(status_code=499)
+        meta, capture = await collect(started)
+        if meta["stored"]:
+            return await files.send_stored(meta["id"], r, request)
+        viewed = view_of(capture, request, f"window {window_id}")
+        return await files.send(viewed, r, download_name(capture.meta), None)
+
+    def start_server_window(request: Request, seconds: float) -> dict[str, Any]:
+        assert server is not None
+        engine, tag = window_args(request)
+        pid = pid_arg(request)
+        try:
+            return server.start(
+                engine, seconds, tag=tag, native=query_bool(request, "native"),
+                pids=None if pid is None else [pid],
+            )  # fmt: skip
+        except ServerWindowBusy as busy:
+            active = busy.active
+            raise BadRequest(
+                409,
+                f"a profile window ({active.get('id')}, {active.get('engine')}) is running "
+                f"on this server until {active.get('ends_at')}",
+                running=active,
+            ) from None
+
+    async def collect(started: dict[str, Any]) -> tuple[ProfileMeta, Capture]:
+        assert server is not None
+        try:
+            return await server.collect(started)
+        except RuntimeError as exc:
+            raise BadRequest(409, f"{exc} (see the workers' logs)") from None
+
+    def pid_arg(request: Request) -> int | None:
+        """``pid=``: one worker of the server; which ones there are is in /stats."""
+        if "pid" not in request.query_params:
+            return None
+        pid = parse_int(request, "pid", 1, 1 << 31)
+        live = core.workers.live_pids() if core.workers is not None else [os.getpid()]
+        if pid not in live:
+            raise BadRequest(
+                404, f"no live worker with pid {pid} (workers: {sorted(live)})", parameter="pid"
+            )
+        return pid
+
     async def windows_list(request: Request) -> Response:
-        return json_response({"schema": 1, **windows.stats()})
+        body = {"schema": 1, **windows.stats()}
+        if server is not None:
+            body["server"] = server.active()
+        return json_response(body)
 
     async def windows_start(request: Request) -> Response:
         seconds = seconds_arg(request, float(cfg.max_window_seconds))
+        if server is not None:
+            started = start_server_window(request, seconds)
+            loop = asyncio.get_running_loop()
+            # Its end holds even if nobody comes back to stop it.
+            loop.call_later(seconds, lambda: asyncio.ensure_future(collect_at_end(started)))
+            window_id = str(started["id"])
+            return json_response(
+                {
+                    "schema": 1,
+                    "id": window_id,
+                    "kind": "window",
+                    "engine": started["engine"],
+                    "started": started["started"],
+                    "ends_at": started["ends_at"],
+                    "running": True,
+                    "tag": started["tag"],
+                    "workers": started["pids"] or core.workers.live_pids() if core.workers else [],
+                    "stop": f"POST {prefix}/windows/{window_id}/stop",
+                    "profile": f"{prefix}/profiles/{window_id}",
+                },
+                201,
+            )
+        pid_arg(request)
         window = await start_window(request, seconds)
         body = {
             "schema": 1,
@@ -164,10 +236,30 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
         }
         return json_response(body, 201)
 
+    async def collect_at_end(started: dict[str, Any]) -> None:
+        assert server is not None
+        active = server.active()
+        if active is None or active.get("id") != started["id"]:
+            return  # stopped (and collected) earlier
+        try:
+            await server.collect(started)
+        except Exception as exc:
+            core.internal_error("server_window", exc)
+
     async def windows_stop(request: Request) -> Response:
         window_id = request.path_params["wid"]
         if not ID_RE.match(window_id):
             raise BadRequest(400, f"{window_id!r} is not a window id")
+        if server is not None:
+            active = server.active()
+            if active is not None and active.get("id") == window_id:
+                server.request_stop(window_id)
+                stopped, _ = await collect({**active, "ends_at": time.time()})
+                if not stopped.get("stored", True):
+                    return json_response(
+                        {**stopped, "error": "larger than max_profile_bytes: not kept"}, 200
+                    )
+                return json_response(files.described(stopped))
         meta = windows.stop(window_id)
         if meta is None:
             # Already ended (its time limit, or an earlier stop): answer with
@@ -185,14 +277,35 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
     add(
         r"/profile",
         {"GET": profile},
-        ("seconds", "engine", "format", "tag", "last", "route", "idle", "native"),
+        ("seconds", "engine", "format", "tag", "last", "route", "idle", "native", "pid"),
     )
     add(
         r"/windows",
         {"GET": windows_list, "POST": windows_start},
-        ("seconds", "engine", "tag", "native"),
+        ("seconds", "engine", "tag", "native", "pid"),
     )
     add(r"/windows/(?P<wid>[^/]+)/stop", {"POST": windows_stop})
+
+
+async def wait_or_hang_up(request: Request, seconds: float, abort: Callable[[], None]) -> bool:
+    """Wait ``seconds``; True when the client hung up first (``abort`` has run then).
+
+    A cancelled request aborts too: nobody waits for the file, and nothing
+    half-made is kept.
+    """
+    done = asyncio.ensure_future(asyncio.sleep(seconds))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        client_left = gone.done() and not gone.cancelled()
+        for task in (done, gone):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        if client_left or not done.done():
+            abort()
+    return client_left
 
 
 async def _disconnected(request: Request) -> bool:

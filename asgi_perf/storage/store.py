@@ -153,6 +153,10 @@ class ProfileStore:
 
     # ------------------------------------------------------------------ reading
 
+    def has(self, profile_id: str) -> bool:
+        with self._lock:
+            return profile_id in self._index.entries
+
     def get(self, profile_id: str) -> Capture:
         """The capture (shared: treat it as read-only). KeyError if unknown."""
         return self._entry(profile_id).capture

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -163,3 +164,78 @@ def test_a_killed_workers_requests_stay_until_a_reset(server: tuple[str, str]) -
     after = stats(url)
     assert after["requests"] == 0
     assert victim["pid"] not in {w["pid"] for w in after["workers"]}
+
+
+def busy_clients(url: str, stop: threading.Event, n: int = 4) -> list[threading.Thread]:
+    def loop() -> None:
+        with client(url) as c:
+            while not stop.is_set():
+                c.get("/work")
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_a_window_holds_every_workers_work(server: tuple[str, str]) -> None:
+    _, url = server
+    stop = threading.Event()
+    threads = busy_clients(url, stop)
+    try:
+        with client(url) as c:
+            started = time.monotonic()
+            window = c.get("/_perf/profile", params={"seconds": 2, "format": "collapsed"})
+            took = time.monotonic() - started
+            window_id = window.headers["x-perf-profile-id"]
+            metas = [c.get(f"/_perf/profiles/{window_id}").json() for _ in range(4)]
+            files = [c.get(f"/_perf/profiles/{window_id}.collapsed") for _ in range(3)]
+            listed = c.get("/_perf/profiles", params={"kind": "window"}).json()["profiles"]
+            one = stats(url)["workers"][0]["pid"]
+            single = c.get("/_perf/profile", params={"seconds": 1, "pid": one})
+            unknown = c.get("/_perf/profile", params={"seconds": 1, "pid": 1})
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert window.status_code == 200, window.text
+    assert took < 2 + 2.5
+    assert "worker_work" in window.text
+    # Every answer, from whichever worker, knows the window and its parts.
+    for meta in metas:
+        assert meta["id"] == window_id and len(meta["workers"]) == WORKERS
+    for f in files:
+        assert f.status_code == 200 and "worker_work" in f.text
+    assert window_id in {p["id"] for p in listed}
+    assert single.status_code == 200
+    single_id = single.headers["x-perf-profile-id"]
+    with client(url) as c:
+        assert c.get(f"/_perf/profiles/{single_id}").json()["workers"] == [one]
+    assert unknown.status_code == 404 and unknown.json()["parameter"] == "pid"
+
+
+def test_windows_started_and_stopped_on_any_worker_are_one_server_wide(
+    server: tuple[str, str],
+) -> None:
+    _, url = server
+    stop = threading.Event()
+    threads = busy_clients(url, stop)
+    try:
+        with client(url) as c:
+            started = c.post("/_perf/windows", params={"seconds": 30, "tag": "run-1"})
+            second = c.post("/_perf/windows", params={"seconds": 30})
+            busy_get = c.get("/_perf/profile", params={"seconds": 1})
+            time.sleep(1.5)
+            stopped = c.post(f"/_perf/windows/{started.json()['id']}/stop")
+            after = c.post("/_perf/windows", params={"seconds": 1})
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert started.status_code == 201, started.text
+    assert sorted(started.json()["workers"]) == sorted(w["pid"] for w in stats(url)["workers"])
+    assert second.status_code == 409 and busy_get.status_code == 409
+    assert stopped.status_code == 200, stopped.text
+    body = stopped.json()
+    assert body["tag"] == "run-1" and len(body["workers"]) == WORKERS
+    assert after.status_code == 201  # the server-wide lock was released
