@@ -18,6 +18,7 @@ def add_stats_routes(add: AddRoute, core: PerfCore) -> None:
             "stats": f"GET {p}/stats",
             "budgets": f"GET {p}/budgets",
             "reset": f"POST {p}/reset",
+            "metrics": f"GET {p}/metrics (Prometheus; OpenMetrics on Accept)",
             "profile": f"GET {p}/profile?seconds=30&engine=sampler&format=prof&route=",
             "recent": f"GET {p}/profile?last=60&format=svg (with continuous=True)",
             "windows": f"POST {p}/windows?seconds=300 ; POST {p}/windows/{{id}}/stop",
