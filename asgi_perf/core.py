@@ -297,8 +297,8 @@ class PerfCore:
         return [dict(m) for m in self.store.list(limit=self.store.max_profiles)]
 
     def _worker_state(self) -> dict[str, Any]:
-        """What this worker shares with the others: its numbers, histograms included."""
-        return self.recorder.snapshot(self.in_flight(), self.memory_method, True)
+        """What this worker shares with the others: its counts and histograms."""
+        return self.recorder.state(self.in_flight())
 
     async def fresh(self, timeout_s: float = 0.5) -> None:
         """Have every live worker write its state now, so an answer counts all.
@@ -323,11 +323,8 @@ class PerfCore:
         With workers, the numbers of every worker of the server, merged.
         """
         workers = self.workers
-        own = self.recorder.snapshot(
-            self.in_flight(), self.memory_method, histograms or bool(workers)
-        )
         if workers is None:
-            snap = own
+            own = snap = self.recorder.snapshot(self.in_flight(), self.memory_method, histograms)
             snap["scope"] = "process"
             snap["workers"] = [
                 {
@@ -338,14 +335,20 @@ class PerfCore:
                 }
             ]
         else:
+            own = self.recorder.state(self.in_flight())
             parts = [own] + [body["snapshot"] for body in workers.others() if body.get("snapshot")]
             try:
-                snap = merge_snapshots(parts, histograms=histograms)
+                snap = merge_snapshots(
+                    parts, histograms=histograms, memory_method=self.memory_method
+                )
             except NotMergeable as exc:
                 self.internal_error("shared_dir", exc)
-                snap = merge_snapshots([own], histograms=histograms)
+                snap = merge_snapshots(
+                    [own], histograms=histograms, memory_method=self.memory_method
+                )
             snap["scope"] = "server"
             snap["workers"] = workers.describe(own["requests"])
+            snap["shared"] = workers.stats()
         snap["pid"] = os.getpid()
         snap["internal_errors"] = self.internal_errors
         snap["profiling"] = {

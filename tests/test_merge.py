@@ -55,3 +55,14 @@ def test_routes_seen_by_one_part_only_are_kept() -> None:
     merged = merge_snapshots([a.snapshot(histograms=True), b.snapshot(histograms=True)])
     assert [r["route"] for r in merged["routes"]] == ["GET /only-a", "GET /only-b"]
     assert merged["routes"][1]["errors"] == 1
+
+
+def test_a_workers_state_merges_to_its_own_snapshot() -> None:
+    # What a worker writes (no percentiles) gives back the numbers it would show.
+    parts, _ = fed(parts=1)
+    (only,) = parts
+    merged = merge_snapshots([only.state()], memory_method="rss")
+    alone = only.snapshot()
+    for got, want in zip(merged["routes"], alone["routes"], strict=True):
+        for field in ("count", "status", "latency_ms", "ttfb_ms", "memory_mb"):
+            assert got[field] == want[field], field

@@ -25,7 +25,7 @@ class NotMergeable(ValueError):
 
 
 def merge_snapshots(
-    parts: Sequence[Mapping[str, Any]], *, histograms: bool = False
+    parts: Sequence[Mapping[str, Any]], *, histograms: bool = False, memory_method: str = ""
 ) -> dict[str, Any]:
     """One snapshot adding up ``parts`` exactly (see the module docstring)."""
     if not parts:
@@ -37,7 +37,7 @@ def merge_snapshots(
         for route in part.get("routes", ()):
             _add_route(routes, route, i)
     window_s = int(parts[0]["routes"][0]["recent"]["window_s"]) if parts[0].get("routes") else 60
-    method = _memory_method(parts)
+    method = memory_method or _memory_method(parts)
     merged_routes = [
         route_entry(
             key,

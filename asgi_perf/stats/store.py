@@ -246,6 +246,57 @@ class Recorder:
             self.flush()
             return self._snapshot(in_flight or {}, memory_method, histograms)
 
+    def state(self, in_flight: dict[str, int] | None = None) -> dict[str, Any]:
+        """The numbers ``merge_snapshots`` needs and nothing else (no percentiles).
+
+        What a worker shares with the others every second: a tenth of the
+        cost of a snapshot with histograms, which computes every summary.
+        """
+        in_flight = in_flight or {}
+        with self._lock:
+            self.flush()
+            now = self._clock_ns()
+            recent_since = now // self._slice_ns - SLICES
+            span_s = max(min(self.window_s, (now - self.reset_ns) / 1e9), 1e-3)
+            routes = []
+            for rs in self.routes.values():
+                total = rs.merged(None)
+                recent = rs.merged(recent_since)
+                routes.append(
+                    {
+                        "route": rs.key,
+                        "count": rs.count,
+                        "errors": rs.errors,
+                        "exceptions": rs.exceptions,
+                        "disconnects": rs.disconnects,
+                        "bytes": rs.bytes,
+                        "status": dict(zip(_STATUS_NAMES, rs.status, strict=True)),
+                        "in_flight": in_flight.get(rs.key, 0),
+                        "recent": {
+                            "window_s": self.window_s,
+                            "rps": round(recent.total.count / span_s, 3),
+                        },
+                        "histograms": {
+                            "latency_ns": total.total.to_state(),
+                            "ttfb_ns": total.ttfb.to_state(),
+                            "memory_bytes": total.memory.to_state(),
+                            "recent_latency_ns": recent.total.to_state(),
+                        },
+                    }
+                )
+            return {
+                "schema": SCHEMA,
+                "uptime_s": round((now - self.started_ns) / 1e9, 3),
+                "since_reset_s": round((now - self.reset_ns) / 1e9, 3),
+                "started_at": self.started_at,
+                "reset_at": self.reset_at,
+                "requests": sum(r["count"] for r in routes),
+                "in_flight": sum(in_flight.values()),
+                "max_routes": self.max_routes,
+                "routes_dropped": self.overflowed,
+                "routes": routes,
+            }
+
     def _snapshot(
         self, in_flight: dict[str, int], memory_method: str, histograms: bool
     ) -> dict[str, Any]:
