@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import httpx
 import pytest
 
 from asgi_perf.cli import main
+from asgi_perf.stats.histogram import Histogram
 
 BUDGETS = {
     "GET /items/{item_id}": {"p99_ms": 10_000},
@@ -339,6 +341,124 @@ def test_check_a_saved_snapshot(server: str, cli: Run, tmp_path: Path) -> None:
     code, _, err = cli("check", str(saved), "--budgets", str(bad))
     assert code == 2
     assert_one_line_error(err, "unknown field 'p99_msec'")
+
+
+# --------------------------------------------------------------------------- several instances
+
+
+def stats_of(url: str) -> dict[str, Any]:
+    """A server's own snapshot, with histograms, asked directly."""
+    response = httpx.get(f"{url}/_perf/stats?histograms=1", trust_env=False, timeout=30)
+    response.raise_for_status()
+    snapshot: dict[str, Any] = response.json()
+    return snapshot
+
+
+def buckets(route: dict[str, Any], name: str) -> Counter[int]:
+    return Counter({i: n for i, n in route["histograms"][name]["buckets"]})
+
+
+def test_stats_of_several_urls_adds_them_up_exactly(
+    live_server: Any, fastapi_app: Any, cli: Run
+) -> None:
+    a, b, c = (live_server(fastapi_app(perf=PERF)).url for _ in range(3))
+    get(a, "/items/1", 7)
+    get(a, "/slow?ms=1", 3)
+    get(b, "/items/2", 5)
+    get(c, "/slow?ms=30", 4)
+    get(c, "/users/x", 2)
+
+    code, out, err = cli("stats", a, b, c, "--json", "--histograms")
+    assert (code, err) == (0, ""), err
+    merged = json.loads(out)
+    assert merged["instances"] == [a, b, c]
+    routes = {r["route"]: r for r in merged["routes"]}
+    counts = {key: r["count"] for key, r in routes.items()}
+    assert counts == {"GET /items/{item_id}": 12, "GET /slow": 7, "GET /users/{user_id}": 2}
+    assert merged["requests"] == 21
+
+    parts = [{r["route"]: r for r in stats_of(url)["routes"]} for url in (a, b, c)]
+    for key, route in routes.items():
+        for name in ("latency_ns", "ttfb_ns"):
+            # Bucket by bucket, the merge is the sum of what each server counted.
+            expected: Counter[int] = Counter()
+            for part in parts:
+                if key in part:
+                    expected += buckets(part[key], name)
+            assert buckets(route, name) == expected, (key, name)
+        # Percentiles are read from the merged histogram, not averaged.
+        latency = Histogram.from_dict(route["histograms"]["latency_ns"])
+        assert route["latency_ms"] == latency.summary(1e6)
+    assert routes["GET /slow"]["latency_ms"]["max"] >= 30  # c's slow requests are in it
+
+    # Without --histograms the merged snapshot is the usual shape: what diff reads.
+    code, out, err = cli("stats", a, b, "--json")
+    assert (code, err) == (0, "")
+    plain = json.loads(out)
+    assert plain["instances"] == [a, b] and plain["requests"] == 15
+    assert all("histograms" not in r for r in plain["routes"])
+
+    code, out, err = cli("stats", a, b)
+    assert (code, err) == (0, "")
+    assert f"{a}, {b}" in out and "2 instances merged, 15 requests" in out
+    items = next(line for line in out.splitlines() if "GET /items/{item_id}" in line)
+    assert " 12 " in items
+
+
+def test_check_several_urls_judges_the_merged_numbers(
+    live_server: Any, fastapi_app: Any, cli: Run, tmp_path: Path
+) -> None:
+    fast, slow = (live_server(fastapi_app(perf={"min_samples": 10})).url for _ in range(2))
+    get(fast, "/slow?ms=1", 6)
+    get(slow, "/slow?ms=40", 6)
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text('min_samples = 10\n["GET /slow"]\np99_ms = 25\n')
+
+    # Alone, neither has enough samples to judge; together they break the budget.
+    for url in (fast, slow):
+        code, out, err = cli("check", url, "--budgets", str(budgets))
+        assert (code, err) == (0, "")
+        assert "1 insufficient" in out
+    junit = tmp_path / "merged.xml"
+    code, out, err = cli("check", fast, slow, "--budgets", str(budgets), "--junit", str(junit))
+    assert (code, err) == (1, "")
+    assert "budgets broken: 1 fail" in out
+    assert ET.parse(junit).getroot().get("failures") == "1"
+
+    lenient = tmp_path / "lenient.toml"
+    lenient.write_text('min_samples = 10\n["GET /slow"]\np99_ms = "5 s"\n')
+    code, out, err = cli("check", fast, slow, "--budgets", str(lenient))
+    assert (code, err) == (0, "")
+    assert "budgets ok: 1 pass" in out
+
+    # Each app judges only its own numbers: the budgets must come from a file.
+    code, out, err = cli("check", fast, slow)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "merged numbers", "--budgets FILE")
+    code, out, err = cli("check", fast, str(budgets), "--budgets", str(budgets))
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "budgets.toml: several targets must all be URLs")
+
+
+def test_an_unreachable_instance_fails_the_merge(server: str, cli: Run, tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{closed_port()}"
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text('["*"]\np99_ms = "5 s"\n')
+    for args in (
+        ("stats", server, dead),
+        ("stats", server, dead, "--json"),
+        ("check", server, dead, "--budgets", str(budgets)),
+    ):
+        code, out, err = cli(*args)
+        assert (code, out) == (3, ""), args
+        # The message names the URL that failed, and says the rest was not merged.
+        assert_one_line_error(
+            err, f"cannot reach {dead}/_perf/", "1 of 2 instances failed: nothing merged"
+        )
+
+    code, out, err = cli("stats", server, server + "/_perf")
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, f"{server} is given twice")
 
 
 # --------------------------------------------------------------------------- diff

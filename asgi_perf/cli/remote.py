@@ -24,6 +24,7 @@ from asgi_perf.cli._common import (
     write_output,
 )
 from asgi_perf.cli._exit import EXIT_OK
+from asgi_perf.cli.fleet import clients, merged_stats
 from asgi_perf.cli.view import open_file
 from asgi_perf.client import PerfClient
 
@@ -31,13 +32,19 @@ _POLL_S = 0.1
 
 
 def cmd_stats(args: argparse.Namespace, io: IO) -> int:
-    with client_for(args) as client:
-        snapshot = client.stats()
+    if args.histograms and not args.json:
+        raise CLIError("--histograms goes with --json (the table shows no histograms)")
+    instances = clients(args, args.url)
+    if len(instances) == 1:
+        with instances[0] as client:
+            snapshot = client.stats(histograms=args.histograms)
+    else:
+        snapshot = merged_stats(instances, histograms=args.histograms)
     if args.json:
         # Plain JSON, not rich: this is what `> baseline.json` saves for `diff`.
         sys.stdout.write(json.dumps(snapshot, indent=2) + "\n")
         return EXIT_OK
-    io.out.print(stats_table(snapshot, client.base_url))
+    io.out.print(stats_table(snapshot, ", ".join(c.base_url for c in instances)))
     return EXIT_OK
 
 
@@ -46,6 +53,9 @@ def stats_table(snapshot: dict[str, Any], source: str) -> Table:
     routes.sort(key=_p99, reverse=True)
     process = snapshot.get("process") or {}
     caption = [f"{snapshot.get('requests', 0)} requests", f"{len(routes)} routes"]
+    instances = snapshot.get("instances")
+    if isinstance(instances, list):
+        caption.insert(0, f"{len(instances)} instances merged")
     if isinstance(process.get("rss_mb"), (int, float)):
         caption.append(f"RSS {process['rss_mb']:.1f} MB")
     budgets = snapshot.get("budgets")
