@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from asgi_perf.capture import Capture
 from asgi_perf.cli import main
 from asgi_perf.stats.histogram import Histogram
 
@@ -448,6 +449,7 @@ def test_an_unreachable_instance_fails_the_merge(server: str, cli: Run, tmp_path
         ("stats", server, dead),
         ("stats", server, dead, "--json"),
         ("check", server, dead, "--budgets", str(budgets)),
+        ("profile", dead, server, "--last", "5"),
     ):
         code, out, err = cli(*args)
         assert (code, out) == (3, ""), args
@@ -459,6 +461,122 @@ def test_an_unreachable_instance_fails_the_merge(server: str, cli: Run, tmp_path
     code, out, err = cli("stats", server, server + "/_perf")
     assert (code, out) == (2, "")
     assert_one_line_error(err, f"{server} is given twice")
+
+
+@pytest.fixture
+def app_process(tmp_path: Path) -> Iterator[Callable[[], str]]:
+    """Factory: a uvicorn process serving ``tests/cpu_app.py``; returns its URL."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> str:
+        port = closed_port()
+        log = tmp_path / f"uvicorn-{port}.log"
+        command = [sys.executable, "-m", "uvicorn", "cpu_app:app", "--app-dir"]
+        command += [str(Path(__file__).parent), "--host", "127.0.0.1", "--port", str(port)]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [*command, "--log-level", "warning"], env=cli_env(), stdout=out, stderr=out
+            )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                httpx.get(f"{url}/_perf/stats", trust_env=False, timeout=5).raise_for_status()
+                return url
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "uvicorn did not start within 60 s"
+                time.sleep(0.1)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def busy() -> Iterator[Callable[[str, str], None]]:
+    """``busy(url, path)``: requests in a loop until the test ends."""
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def start(url: str, path: str) -> None:
+        def loop() -> None:
+            with httpx.Client(base_url=url, trust_env=False, timeout=30) as client:
+                while not stop.is_set():
+                    client.get(path)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        threads.append(thread)
+        thread.start()
+
+    yield start
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+
+
+def stack_functions(capture: Capture) -> set[str]:
+    return {frame.function for stack in capture.stacks for frame in stack}
+
+
+@pytest.mark.slow
+def test_profile_of_several_urls_holds_the_work_of_each(
+    app_process: Callable[[], str],
+    busy: Callable[[str, str], None],
+    cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = app_process(), app_process()
+    busy(a, "/alpha")
+    busy(b, "/beta")
+
+    # One process sees only its own work...
+    code, _, err = cli("profile", a, "--seconds", "1", "-o", str(tmp_path / "a.collapsed"))
+    assert (code, err) == (0, ""), err
+    alone = (tmp_path / "a.collapsed").read_text()
+    assert "alpha_work" in alone and "beta_work" not in alone
+
+    # ...a window on each at once holds both, merged from the lossless captures.
+    merged = tmp_path / "merged.collapsed"
+    code, out, err = cli("profile", a, b, "--seconds", "1", "-o", str(merged))
+    assert (code, err) == (0, ""), err
+    assert f"saved {merged}" in out
+    text = merged.read_text()
+    assert "alpha_work" in text and "beta_work" in text
+
+    # The capture itself says what it was made of.
+    start = time.monotonic()
+    code, _, err = cli("profile", a, b, "--seconds", "2", "-o", str(tmp_path / "merged.json"))
+    assert (code, err) == (0, ""), err
+    assert time.monotonic() - start < 2 * 2  # at the same time: one after the other takes 4 s
+    capture = Capture.from_json(json.loads((tmp_path / "merged.json").read_text()))
+    assert capture.meta["kind"] == "merged" and capture.meta["parts"] == 2
+    assert capture.meta["instances"] == [a, b]
+    assert capture.meta["route"] == "<process>"
+    assert {"alpha_work", "beta_work"} <= stack_functions(capture)
+
+    # --last: the recent past of each, at once; the name says what it is.
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("profile", a, b, "--last", "5", "--format", "svg")
+    assert (code, err) == (0, ""), err
+    svg = tmp_path / "merged-last-5s-2-instances.svg"
+    assert f"saved {svg.name}" in out
+    assert "alpha_work" in svg.read_text() and "beta_work" in svg.read_text()
+
+    # An unreachable instance fails at once, without waiting for the others' windows.
+    dead = f"http://127.0.0.1:{closed_port()}"
+    start = time.monotonic()
+    done = run_subprocess("profile", a, dead, "--seconds", "30")
+    assert time.monotonic() - start < 15
+    assert (done.returncode, done.stdout) == (3, "")
+    assert_one_line_error(done.stderr, f"cannot reach {dead}/_perf/profile", "nothing merged")
 
 
 # --------------------------------------------------------------------------- diff

@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = command("profile", "remote:cmd_profile", "profile the whole app for N seconds")
-    p.add_argument("url", metavar="URL")
+    p.add_argument(
+        "url", metavar="URL", nargs="+", help="several: one window on each at once, merged"
+    )
     span = p.add_mutually_exclusive_group(required=True)
     span.add_argument("--seconds", type=float, metavar="N", help="a new window of N seconds")
     span.add_argument(
