@@ -68,6 +68,7 @@ class ProfileMeta(TypedDict, total=False):
     parts: int
     ids: list[str]
     files: list[str]
+    instances: list[str]  # base URLs: `asgi-perf profile URL URL...`
     # From the engine.
     interval_s: float  # a sampling engine's interval (pyinstrument, py-spy)
     samples: int  # a sampling engine's sample count

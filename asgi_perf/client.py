@@ -103,9 +103,13 @@ class PerfClient:
 
     # ----------------------------------------------------------------- JSON API
 
-    def stats(self) -> dict[str, Any]:
-        """``GET {prefix}/stats``: the snapshot."""
-        return self._json("GET", "/stats")
+    def stats(self, *, histograms: bool = False) -> dict[str, Any]:
+        """``GET {prefix}/stats``: the snapshot.
+
+        ``histograms``: each route with its histograms too (``?histograms=1``),
+        what ``asgi_perf.stats.merge.merge_snapshots`` needs to add instances exactly.
+        """
+        return self._json("GET", "/stats", params={"histograms": "1"} if histograms else None)
 
     def budgets(self) -> BudgetReport:
         """``GET {prefix}/budgets``: the verdicts of the app's own budgets."""

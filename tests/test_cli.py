@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from typing import Any
 import httpx
 import pytest
 
+from asgi_perf.capture import Capture
 from asgi_perf.cli import main
+from asgi_perf.stats.histogram import Histogram
 
 BUDGETS = {
     "GET /items/{item_id}": {"p99_ms": 10_000},
@@ -339,6 +342,241 @@ def test_check_a_saved_snapshot(server: str, cli: Run, tmp_path: Path) -> None:
     code, _, err = cli("check", str(saved), "--budgets", str(bad))
     assert code == 2
     assert_one_line_error(err, "unknown field 'p99_msec'")
+
+
+# --------------------------------------------------------------------------- several instances
+
+
+def stats_of(url: str) -> dict[str, Any]:
+    """A server's own snapshot, with histograms, asked directly."""
+    response = httpx.get(f"{url}/_perf/stats?histograms=1", trust_env=False, timeout=30)
+    response.raise_for_status()
+    snapshot: dict[str, Any] = response.json()
+    return snapshot
+
+
+def buckets(route: dict[str, Any], name: str) -> Counter[int]:
+    return Counter({i: n for i, n in route["histograms"][name]["buckets"]})
+
+
+def test_stats_of_several_urls_adds_them_up_exactly(
+    live_server: Any, fastapi_app: Any, cli: Run
+) -> None:
+    a, b, c = (live_server(fastapi_app(perf=PERF)).url for _ in range(3))
+    get(a, "/items/1", 7)
+    get(a, "/slow?ms=1", 3)
+    get(b, "/items/2", 5)
+    get(c, "/slow?ms=30", 4)
+    get(c, "/users/x", 2)
+
+    code, out, err = cli("stats", a, b, c, "--json", "--histograms")
+    assert (code, err) == (0, ""), err
+    merged = json.loads(out)
+    assert merged["instances"] == [a, b, c]
+    routes = {r["route"]: r for r in merged["routes"]}
+    counts = {key: r["count"] for key, r in routes.items()}
+    assert counts == {"GET /items/{item_id}": 12, "GET /slow": 7, "GET /users/{user_id}": 2}
+    assert merged["requests"] == 21
+
+    parts = [{r["route"]: r for r in stats_of(url)["routes"]} for url in (a, b, c)]
+    for key, route in routes.items():
+        for name in ("latency_ns", "ttfb_ns"):
+            # Bucket by bucket, the merge is the sum of what each server counted.
+            expected: Counter[int] = Counter()
+            for part in parts:
+                if key in part:
+                    expected += buckets(part[key], name)
+            assert buckets(route, name) == expected, (key, name)
+        # Percentiles are read from the merged histogram, not averaged.
+        latency = Histogram.from_dict(route["histograms"]["latency_ns"])
+        assert route["latency_ms"] == latency.summary(1e6)
+    assert routes["GET /slow"]["latency_ms"]["max"] >= 30  # c's slow requests are in it
+
+    # Without --histograms the merged snapshot is the usual shape: what diff reads.
+    code, out, err = cli("stats", a, b, "--json")
+    assert (code, err) == (0, "")
+    plain = json.loads(out)
+    assert plain["instances"] == [a, b] and plain["requests"] == 15
+    assert all("histograms" not in r for r in plain["routes"])
+
+    code, out, err = cli("stats", a, b)
+    assert (code, err) == (0, "")
+    assert f"{a}, {b}" in out and "2 instances merged, 15 requests" in out
+    items = next(line for line in out.splitlines() if "GET /items/{item_id}" in line)
+    assert " 12 " in items
+
+
+def test_check_several_urls_judges_the_merged_numbers(
+    live_server: Any, fastapi_app: Any, cli: Run, tmp_path: Path
+) -> None:
+    fast, slow = (live_server(fastapi_app(perf={"min_samples": 10})).url for _ in range(2))
+    get(fast, "/slow?ms=1", 6)
+    get(slow, "/slow?ms=40", 6)
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text('min_samples = 10\n["GET /slow"]\np99_ms = 25\n')
+
+    # Alone, neither has enough samples to judge; together they break the budget.
+    for url in (fast, slow):
+        code, out, err = cli("check", url, "--budgets", str(budgets))
+        assert (code, err) == (0, "")
+        assert "1 insufficient" in out
+    junit = tmp_path / "merged.xml"
+    code, out, err = cli("check", fast, slow, "--budgets", str(budgets), "--junit", str(junit))
+    assert (code, err) == (1, "")
+    assert "budgets broken: 1 fail" in out
+    assert ET.parse(junit).getroot().get("failures") == "1"
+
+    lenient = tmp_path / "lenient.toml"
+    lenient.write_text('min_samples = 10\n["GET /slow"]\np99_ms = "5 s"\n')
+    code, out, err = cli("check", fast, slow, "--budgets", str(lenient))
+    assert (code, err) == (0, "")
+    assert "budgets ok: 1 pass" in out
+
+    # Each app judges only its own numbers: the budgets must come from a file.
+    code, out, err = cli("check", fast, slow)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "merged numbers", "--budgets FILE")
+    code, out, err = cli("check", fast, str(budgets), "--budgets", str(budgets))
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "budgets.toml: several targets must all be URLs")
+
+
+def test_an_unreachable_instance_fails_the_merge(server: str, cli: Run, tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{closed_port()}"
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text('["*"]\np99_ms = "5 s"\n')
+    for args in (
+        ("stats", server, dead),
+        ("stats", server, dead, "--json"),
+        ("check", server, dead, "--budgets", str(budgets)),
+        ("profile", dead, server, "--last", "5"),
+    ):
+        code, out, err = cli(*args)
+        assert (code, out) == (3, ""), args
+        # The message names the URL that failed, and says the rest was not merged.
+        assert_one_line_error(
+            err, f"cannot reach {dead}/_perf/", "1 of 2 instances failed: nothing merged"
+        )
+
+    code, out, err = cli("stats", server, server + "/_perf")
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, f"{server} is given twice")
+
+
+@pytest.fixture
+def app_process(tmp_path: Path) -> Iterator[Callable[[], str]]:
+    """Factory: a uvicorn process serving ``tests/cpu_app.py``; returns its URL."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> str:
+        port = closed_port()
+        log = tmp_path / f"uvicorn-{port}.log"
+        command = [sys.executable, "-m", "uvicorn", "cpu_app:app", "--app-dir"]
+        command += [str(Path(__file__).parent), "--host", "127.0.0.1", "--port", str(port)]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [*command, "--log-level", "warning"], env=cli_env(), stdout=out, stderr=out
+            )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                httpx.get(f"{url}/_perf/stats", trust_env=False, timeout=5).raise_for_status()
+                return url
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "uvicorn did not start within 60 s"
+                time.sleep(0.1)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def busy() -> Iterator[Callable[[str, str], None]]:
+    """``busy(url, path)``: requests in a loop until the test ends."""
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def start(url: str, path: str) -> None:
+        def loop() -> None:
+            with httpx.Client(base_url=url, trust_env=False, timeout=30) as client:
+                while not stop.is_set():
+                    client.get(path)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        threads.append(thread)
+        thread.start()
+
+    yield start
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+
+
+def stack_functions(capture: Capture) -> set[str]:
+    return {frame.function for stack in capture.stacks for frame in stack}
+
+
+@pytest.mark.slow
+def test_profile_of_several_urls_holds_the_work_of_each(
+    app_process: Callable[[], str],
+    busy: Callable[[str, str], None],
+    cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = app_process(), app_process()
+    busy(a, "/alpha")
+    busy(b, "/beta")
+
+    # One process sees only its own work...
+    code, _, err = cli("profile", a, "--seconds", "1", "-o", str(tmp_path / "a.collapsed"))
+    assert (code, err) == (0, ""), err
+    alone = (tmp_path / "a.collapsed").read_text()
+    assert "alpha_work" in alone and "beta_work" not in alone
+
+    # ...a window on each at once holds both, merged from the lossless captures.
+    merged = tmp_path / "merged.collapsed"
+    code, out, err = cli("profile", a, b, "--seconds", "1", "-o", str(merged))
+    assert (code, err) == (0, ""), err
+    assert f"saved {merged}" in out
+    text = merged.read_text()
+    assert "alpha_work" in text and "beta_work" in text
+
+    # The capture itself says what it was made of.
+    start = time.monotonic()
+    code, _, err = cli("profile", a, b, "--seconds", "2", "-o", str(tmp_path / "merged.json"))
+    assert (code, err) == (0, ""), err
+    assert time.monotonic() - start < 2 * 2  # at the same time: one after the other takes 4 s
+    capture = Capture.from_json(json.loads((tmp_path / "merged.json").read_text()))
+    assert capture.meta["kind"] == "merged" and capture.meta["parts"] == 2
+    assert capture.meta["instances"] == [a, b]
+    assert capture.meta["route"] == "<process>"
+    assert {"alpha_work", "beta_work"} <= stack_functions(capture)
+
+    # --last: the recent past of each, at once; the name says what it is.
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("profile", a, b, "--last", "5", "--format", "svg")
+    assert (code, err) == (0, ""), err
+    svg = tmp_path / "merged-last-5s-2-instances.svg"
+    assert f"saved {svg.name}" in out
+    assert "alpha_work" in svg.read_text() and "beta_work" in svg.read_text()
+
+    # An unreachable instance fails at once, without waiting for the others' windows.
+    dead = f"http://127.0.0.1:{closed_port()}"
+    start = time.monotonic()
+    done = run_subprocess("profile", a, dead, "--seconds", "30")
+    assert time.monotonic() - start < 15
+    assert (done.returncode, done.stdout) == (3, "")
+    assert_one_line_error(done.stderr, f"cannot reach {dead}/_perf/profile", "nothing merged")
 
 
 # --------------------------------------------------------------------------- diff

@@ -29,12 +29,12 @@ from helpers import function_names, load_stats
 from starlette.responses import JSONResponse
 
 from asgi_perf import ConfigError, PerfMiddleware
-from asgi_perf.capture import ProfileMeta
+from asgi_perf.capture import Capture, ProfileMeta
 
 ENGINES = ["pyinstrument", "yappi", "cprofile"]
 # cProfile sees everything the event loop ran: it does not keep requests apart.
 ISOLATING_ENGINES = ["pyinstrument", "yappi"]
-FORMATS = ["prof", "svg", "html", "speedscope.json", "collapsed", "pb.gz"]
+FORMATS = ["prof", "svg", "html", "speedscope.json", "collapsed", "pb.gz", "json"]
 PROFILE = {"X-Perf-Profile": "1"}
 PROFILE_RAW = (b"x-perf-profile", b"1")
 ID_HEADER = "x-perf-profile-id"
@@ -734,6 +734,10 @@ async def test_every_format_downloads_for_every_engine(engine, fmt, client_for, 
         assert response.headers["content-type"] == "application/octet-stream"
         profile = pprof_reader.read(response.content)
         assert any("alpha_work" in profile.names(s) for s in profile.samples)
+    elif fmt == "json":
+        capture = Capture.from_json(response.json())
+        assert capture.meta["id"] == pid and capture.engine == engine
+        assert any(f.function == "alpha_work" for stack in capture.stacks for f in stack)
     else:
         assert fmt == "collapsed"
         assert response.headers["content-type"].startswith("text/plain")

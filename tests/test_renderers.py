@@ -44,6 +44,7 @@ MEDIA_TYPES = {
     "speedscope.json": "application/json",
     "collapsed": "text/plain; charset=utf-8",
     "pb.gz": "application/octet-stream",
+    "json": "application/json",
 }
 COLLAPSED_LINE = re.compile(r"^[^;\n]+(;[^;\n]+)* \d+$")
 URL = re.compile(r"https?://[^\s\"'<>)]+")
@@ -437,6 +438,29 @@ def test_speedscope_file_format(kind: str, captures: dict[str, Capture]) -> None
     assert [frames[i]["name"] for i in profile["samples"][0]] == [f.function for f in first_stack]
 
 
+# ---------------------------------------------------------------- .json
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_capture_json_reads_back_as_the_same_capture(
+    kind: str, captures: dict[str, Capture]
+) -> None:
+    capture = captures[kind]
+    body = render(capture, "json")
+    again = Capture.from_json(json.loads(body))
+    assert again.stacks == capture.stacks  # weights exact, not rounded like .collapsed
+    assert again.pstats == capture.pstats  # the engine's own call counts survive
+    assert (again.engine, again.duration_s, again.exact_stacks) == (
+        capture.engine,
+        capture.duration_s,
+        capture.exact_stacks,
+    )
+    # As JSON has them (lists for tuples): pyinstrument's viewer reads them so.
+    assert again.session == json.loads(json.dumps(capture.session))
+    assert again.meta == json.loads(json.dumps(capture.meta))
+    assert body.isascii()
+
+
 # ---------------------------------------------------------------- .collapsed
 
 
@@ -522,6 +546,9 @@ def test_odd_names_stay_intact_and_harmless(fmt: str, tmp_path: Path) -> None:
         path.write_bytes(body)
         names = {k[2] for k in pstats.Stats(str(path)).stats}  # type: ignore[attr-defined]
         assert ODD_NAME in names
+    elif fmt == "json":
+        names = {f.function for stack in Capture.from_json(json.loads(body)).stacks for f in stack}
+        assert ODD_NAME in names and "semi;colon\nnew line" in names
     elif fmt == "pb.gz":
         profile = pprof_reader.read(body)
         names = {f.name for f in profile.functions.values()}

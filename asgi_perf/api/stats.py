@@ -24,7 +24,7 @@ def add_stats_routes(add: AddRoute, core: PerfCore) -> None:
             "windows": f"POST {p}/windows?seconds=300 ; POST {p}/windows/{{id}}/stop",
             "profiles": f"GET {p}/profiles?route=&kind=&tag=&limit=",
             "profile_file": f"GET {p}/profiles/{{id|latest|slowest}}.{{prof,svg,html,"
-            "speedscope.json,collapsed,pb.gz}",
+            "speedscope.json,collapsed,pb.gz,json}",
             "merged": f"GET {p}/profiles/merged.prof?route=GET /path or ?ids=a,b",
             "snakeviz": f"GET {p}/profiles/{{id}}/snakeviz",
             "routes": f"GET {p}/profiles/{{id}}/routes",

@@ -85,12 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
+    several = "; several instances of the app (hosts) are merged exactly"
     p = command("stats", "remote:cmd_stats", "per-route table, sorted by p99")
-    p.add_argument("url", metavar="URL", help="the app, e.g. http://127.0.0.1:8000")
+    p.add_argument(
+        "url", metavar="URL", nargs="+", help=f"the app, e.g. http://127.0.0.1:8000{several}"
+    )
     p.add_argument("--json", action="store_true", help="print the raw snapshot (for diff)")
+    p.add_argument(
+        "--histograms", action="store_true", help="with --json: each route's histograms too"
+    )
 
     p = command("profile", "remote:cmd_profile", "profile the whole app for N seconds")
-    p.add_argument("url", metavar="URL")
+    p.add_argument(
+        "url", metavar="URL", nargs="+", help="several: one window on each at once, merged"
+    )
     span = p.add_mutually_exclusive_group(required=True)
     span.add_argument("--seconds", type=float, metavar="N", help="a new window of N seconds")
     span.add_argument(
@@ -122,8 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", action="store_true", help="serve only, open no browser")
 
     p = command("check", "check:cmd_check", "budget verdicts; exit 1 when one fails")
-    p.add_argument("target", metavar="URL|STATS.json")
-    p.add_argument("--budgets", metavar="FILE", help="budgets TOML (required for a STATS.json)")
+    p.add_argument(
+        "targets", metavar="URL|STATS.json", nargs="+", help="or URL URL...: their merged numbers"
+    )
+    p.add_argument(
+        "--budgets", metavar="FILE", help="budgets TOML (required for a STATS.json or several URLs)"
+    )
     p.add_argument("--junit", metavar="FILE", help="also write the verdicts as JUnit XML")
     p.add_argument("--min-samples", type=_non_negative_int, metavar="N")
 

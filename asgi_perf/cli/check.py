@@ -12,7 +12,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from asgi_perf.budgets import BudgetSet, Verdict, load_budgets
+from asgi_perf.budgets import BudgetReport, BudgetSet, Verdict, load_budgets
 from asgi_perf.cli._common import (
     IO,
     CLIError,
@@ -25,24 +25,28 @@ from asgi_perf.cli._common import (
     verdict_text,
 )
 from asgi_perf.cli._exit import EXIT_FAILED, EXIT_OK
+from asgi_perf.cli.fleet import clients, merged_stats
 from asgi_perf.errors import ConfigError
 from asgi_perf.units import number_text
 
 
 def cmd_check(args: argparse.Namespace, io: IO) -> int:
     budgets = _budgets(args)
-    if is_url(args.target):
-        with client_for(args, args.target) as client:
+    target = args.targets[0]
+    if len(args.targets) > 1:
+        result = _check_merged(args, budgets)
+    elif is_url(target):
+        with client_for(args, target) as client:
             # The app's own budgets, unless a file says which to apply.
             result = client.budgets() if budgets is None else budgets.check(client.stats())
     else:
-        snapshot = load_snapshot(args.target)
+        snapshot = load_snapshot(target)
         if budgets is None:
             raise CLIError("checking a saved snapshot needs --budgets FILE")
         result = budgets.check(snapshot)
     verdicts = [v for v in result.get("verdicts") or () if isinstance(v, dict)]
     if args.junit:
-        write_junit(Path(args.junit), verdicts, str(result.get("source") or args.target))
+        write_junit(Path(args.junit), verdicts, str(result.get("source") or target))
     if not verdicts:
         io.out.print(f"no budgets to check (source: {result.get('source')})", markup=False)
         return EXIT_OK
@@ -54,6 +58,21 @@ def cmd_check(args: argparse.Namespace, io: IO) -> int:
         f"[bold red]budgets broken[/]: {summary}" if failed else f"[green]budgets ok[/]: {summary}"
     )
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _check_merged(args: argparse.Namespace, budgets: BudgetSet | None) -> BudgetReport:
+    """``budgets`` judged on the merged numbers of several instances."""
+    for target in args.targets:
+        if not is_url(target):
+            raise CLIError(f"{target}: several targets must all be URLs (http://...)")
+    if budgets is None:
+        # /_perf/budgets gives an instance's verdicts on its own numbers, not
+        # the budgets themselves: they cannot be judged again on the sum.
+        raise CLIError(
+            "several URLs are judged on their merged numbers: give the budgets with "
+            "--budgets FILE (each app's /_perf/budgets judges only its own numbers)"
+        )
+    return budgets.check(merged_stats(clients(args, args.targets)))
 
 
 def _budgets(args: argparse.Namespace) -> BudgetSet | None:

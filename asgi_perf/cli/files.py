@@ -89,11 +89,16 @@ def _frame(text: str) -> FrameId:
 
 
 def _from_capture_json(path: Path) -> Capture:
+    return capture_from_json(path.read_bytes(), str(path), "a capture .json from profile_dir")
+
+
+def capture_from_json(text: str | bytes, where: str, what: str = "a capture .json") -> Capture:
+    """A capture from the text ``Capture.to_json`` wrote, or one line naming ``where``."""
     try:
-        return Capture.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        return Capture.from_json(json.loads(text))
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         reason = str(exc).split("\n", 1)[0] or type(exc).__name__
-        raise CLIError(f"{path}: not a capture .json from profile_dir ({reason})") from None
+        raise CLIError(f"{where}: not {what} ({reason})") from None
 
 
 def _format_for(output: str) -> str:
@@ -101,20 +106,15 @@ def _format_for(output: str) -> str:
     fmt = format_of(output)
     if fmt is not None:
         return fmt
-    if output.lower().endswith(".json"):
-        return "capture.json"
-    known = ", ".join(sorted({r.file_extension for r in RENDERERS.values()} | {".json"}))
+    known = ", ".join(sorted(r.file_extension for r in RENDERERS.values()))
     raise CLIError(f"-o {output}: unknown output type (extensions: {known})")
 
 
 def _write(io: IO, capture: Capture, fmt: str, output: str) -> int:
-    if fmt == "capture.json":
-        body = json.dumps(capture.to_json(), separators=(",", ":")).encode()
-    else:
-        try:
-            body = render(capture, fmt)
-        except NotRenderable as exc:
-            raise CLIError(f"-o {output}: {exc}") from None
+    try:
+        body = render(capture, fmt)
+    except NotRenderable as exc:
+        raise CLIError(f"-o {output}: {exc}") from None
     Path(output).write_bytes(body)
     say_saved(io, output, len(body))
     return EXIT_OK

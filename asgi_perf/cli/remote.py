@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from typing import Any
 
@@ -13,6 +12,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 from rich.text import Text
 
+from asgi_perf.capture import ProfileMeta, combine
 from asgi_perf.cli._common import (
     IO,
     CLIError,
@@ -24,20 +24,29 @@ from asgi_perf.cli._common import (
     write_output,
 )
 from asgi_perf.cli._exit import EXIT_OK
+from asgi_perf.cli.files import capture_from_json
+from asgi_perf.cli.fleet import Each, clients, merged_stats
 from asgi_perf.cli.view import open_file
 from asgi_perf.client import PerfClient
+from asgi_perf.renderers import NotRenderable, render, renderer_for
 
 _POLL_S = 0.1
 
 
 def cmd_stats(args: argparse.Namespace, io: IO) -> int:
-    with client_for(args) as client:
-        snapshot = client.stats()
+    if args.histograms and not args.json:
+        raise CLIError("--histograms goes with --json (the table shows no histograms)")
+    instances = clients(args, args.url)
+    if len(instances) == 1:
+        with instances[0] as client:
+            snapshot = client.stats(histograms=args.histograms)
+    else:
+        snapshot = merged_stats(instances, histograms=args.histograms)
     if args.json:
         # Plain JSON, not rich: this is what `> baseline.json` saves for `diff`.
         sys.stdout.write(json.dumps(snapshot, indent=2) + "\n")
         return EXIT_OK
-    io.out.print(stats_table(snapshot, client.base_url))
+    io.out.print(stats_table(snapshot, ", ".join(c.base_url for c in instances)))
     return EXIT_OK
 
 
@@ -46,6 +55,9 @@ def stats_table(snapshot: dict[str, Any], source: str) -> Table:
     routes.sort(key=_p99, reverse=True)
     process = snapshot.get("process") or {}
     caption = [f"{snapshot.get('requests', 0)} requests", f"{len(routes)} routes"]
+    instances = snapshot.get("instances")
+    if isinstance(instances, list):
+        caption.insert(0, f"{len(instances)} instances merged")
     if isinstance(process.get("rss_mb"), (int, float)):
         caption.append(f"RSS {process['rss_mb']:.1f} MB")
     budgets = snapshot.get("budgets")
@@ -96,46 +108,65 @@ def _recent_window(routes: list[dict[str, Any]]) -> Any:
 
 
 def cmd_profile(args: argparse.Namespace, io: IO) -> int:
+    fmt = format_for(args)
     if args.last is not None:
         if args.engine is not None:
             raise CLIError("--last is cut from the app's continuous sampler: no --engine")
         if args.last <= 0:
             raise CLIError(f"--last must be more than 0, got {args.last}")
-        with client_for(args) as client:
-            # The recent past is already recorded: nothing to wait for.
-            body, name = client.profile(
-                None, fmt=format_for(args), route=args.route, last=args.last
-            )
+    elif args.seconds <= 0:
+        raise CLIError(f"--seconds must be more than 0, got {args.seconds:g}")
+    instances = clients(args, args.url)
+    if len(instances) == 1:
+        body, name = _profiles(instances, args, io, fmt)[0]
     else:
-        if args.seconds <= 0:
-            raise CLIError(f"--seconds must be more than 0, got {args.seconds:g}")
-        with client_for(args) as client:
-            body, name = _profile_with_progress(client, args, io)
+        body, name = _merged_profile(instances, args, io, fmt)
     path = write_output(io, body, args.output, name)
     if args.open and path is not None:
         return open_file(path)
     return EXIT_OK
 
 
-def _profile_with_progress(
-    client: PerfClient, args: argparse.Namespace, io: IO
+def _merged_profile(
+    instances: list[PerfClient], args: argparse.Namespace, io: IO, fmt: str
 ) -> tuple[bytes, str]:
-    result: list[tuple[bytes, str]] = []
-    failure: list[BaseException] = []
+    """One window on each instance, downloaded as captures, combined, rendered here."""
+    # The capture itself: stacks with exact weights and the engine's own call
+    # counts, which .prof (stacks rebuilt) or .collapsed (rounded) would lose.
+    downloads = _profiles(instances, args, io, "json")
+    captures = [
+        capture_from_json(body, f"{client.api_url}/profile")
+        for client, (body, _) in zip(instances, downloads, strict=True)
+    ]
+    routes = {c.meta.get("route") for c in captures}
+    meta: ProfileMeta = {"instances": [c.base_url for c in instances]}
+    if len(routes) == 1:
+        meta["route"] = routes.pop()
+    try:
+        body = render(combine(captures, meta), fmt)
+    except NotRenderable as exc:
+        raise CLIError(f"--format {fmt}: {exc}") from None
+    what = f"last-{args.last}s" if args.last is not None else "window"
+    return body, f"merged-{what}-{len(instances)}-instances{renderer_for(fmt).file_extension}"
 
-    def fetch() -> None:
-        try:
-            result.append(
-                client.profile(
-                    args.seconds, engine=args.engine, fmt=format_for(args), route=args.route
-                )
-            )
-        except BaseException as exc:  # handed to the main thread, which reports it
-            failure.append(exc)
 
-    # A daemon thread: on Ctrl+C the process exits without waiting for the
-    # request, the socket closes, and the server aborts the window.
-    worker = threading.Thread(target=fetch, name="asgi-perf-profile", daemon=True)
+def _profiles(
+    instances: list[PerfClient], args: argparse.Namespace, io: IO, fmt: str
+) -> list[tuple[bytes, str]]:
+    """``GET /_perf/profile`` on every instance at once: the bodies and suggested names.
+
+    The clients are closed once done (``Each``).
+    """
+
+    def fetch(client: PerfClient) -> tuple[bytes, str]:
+        if args.last is not None:
+            return client.profile(None, fmt=fmt, route=args.route, last=args.last)
+        return client.profile(args.seconds, engine=args.engine, fmt=fmt, route=args.route)
+
+    each = Each(instances, fetch)
+    if args.last is not None:
+        # The recent past is already recorded: nothing to wait for.
+        return each.wait()
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -143,22 +174,20 @@ def _profile_with_progress(
         TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
         TimeElapsedColumn(),
     )
+    what = instances[0].base_url if len(instances) == 1 else f"{len(instances)} instances"
     # A bar only on a terminal (a log gets nothing, not even a stray newline),
     # and transient: once done it is gone, so an error stays the only line.
     live = io.err.is_terminal
     with Progress(*columns, console=io.err, transient=True, disable=not live) as progress:
-        task = progress.add_task(f"profiling {client.base_url}", total=args.seconds)
+        task = progress.add_task(f"profiling {what}", total=args.seconds)
         start = time.monotonic()
-        worker.start()
-        while worker.is_alive():
+        while not each.done():
             elapsed = time.monotonic() - start
             progress.update(task, completed=min(elapsed, args.seconds))
             if elapsed >= args.seconds:
                 progress.update(task, description="rendering and downloading")
-            worker.join(_POLL_S)
-    if failure:
-        raise failure[0]
-    return result[0]
+            each.wait_changed(_POLL_S)
+    return each.results()
 
 
 def cmd_fetch(args: argparse.Namespace, io: IO) -> int:

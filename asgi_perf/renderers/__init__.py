@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from asgi_perf.capture import Capture
 from asgi_perf.renderers.base import NotRenderable, Renderer, UnknownFormat
+from asgi_perf.renderers.capture_json import CaptureJSONRenderer
 from asgi_perf.renderers.collapsed import CollapsedRenderer
 from asgi_perf.renderers.flamegraph import FlameGraphRenderer
 from asgi_perf.renderers.html import HTMLRenderer
@@ -28,6 +29,7 @@ RENDERERS: dict[str, Renderer] = {
         SpeedscopeRenderer(),
         CollapsedRenderer(),
         PprofRenderer(),
+        CaptureJSONRenderer(),
     )
 }
 
