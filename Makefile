@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck imports pytest bench bench-wrk bench-callgrind clean
+.PHONY: demo test lint typecheck imports pytest bench bench-wrk bench-callgrind bench-workers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ bench: $(STAMP)
 
 bench-wrk: $(STAMP)
 	$(BIN)/python benchmarks/wrk_throughput.py
+
+# Several workers (issue #10): what sharing their numbers costs, and a window of all.
+bench-workers: $(STAMP)
+	$(BIN)/python -m benchmarks.workers_flush --routes 20
+	$(BIN)/python -m benchmarks.workers_flush --routes 200
 
 bench-callgrind: $(STAMP)
 	$(BIN)/python benchmarks/callgrind_instructions.py

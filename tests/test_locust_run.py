@@ -49,7 +49,10 @@ def test_a_broken_budget_saves_the_run_and_asks_for_exit_1(
     live_server: ServerFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seen: Seen = set()
-    server = live_server(shop_app({"budgets": BROKEN}, seen))
+    # Six requests, 60 ms of CPU: the sampler may spend more of a core than
+    # its default 1 % (coverage traces its thread) to see them for sure.
+    perf = {"budgets": BROKEN, "sampler_hz": 500, "sampler_max_cpu": 0.2}
+    server = live_server(shop_app(perf, seen))
     results = tmp_path / "res"
     run = new_run(server.url, results=results, run_id="ci-1")
 
