@@ -90,6 +90,7 @@ class RequestProfiler:
             # it: past the time budget, sampled requests wait their turn.
             self.skipped_budget += 1
             return None
+        started = time.perf_counter()
         try:
             recording = self.engine.start_request()
         except Exception as exc:
@@ -102,12 +103,24 @@ class RequestProfiler:
         if self.active == 0:
             self.hook_time.on()
         self.active += 1
+        self.hook_time.charge(time.perf_counter() - started)
         return Ticket(recording, secrets.token_hex(8), on_demand, time.time())
 
     def finish(
         self, ticket: Ticket, route: str, status: int, duration_ms: float, tag: str | None
     ) -> None:
         """Stop the recording and store its profile (kept when it matters)."""
+        started = time.perf_counter()
+        try:
+            self._finish(ticket, route, status, duration_ms, tag)
+        finally:
+            # Stopping, reading and storing a profile costs the loop as much
+            # as the hook did: the budget counts both.
+            self.hook_time.charge(time.perf_counter() - started)
+
+    def _finish(
+        self, ticket: Ticket, route: str, status: int, duration_ms: float, tag: str | None
+    ) -> None:
         self.active -= 1
         if self.active == 0:
             self.hook_time.off()
@@ -158,12 +171,13 @@ class RequestProfiler:
 
 
 class HookTime:
-    """How long a per-request profiler hook has been on, against a budget.
+    """The time per-request profiling has cost, against a budget.
 
     A token bucket in seconds: it fills at ``budget`` seconds per second of
     wall clock, up to ``_BURST_S`` worth, and empties by the time a hook is
-    on (concurrent profiles count once). A new sampled profile may start
-    while the bucket is not empty.
+    on (concurrent profiles count once) and the time spent starting,
+    stopping and storing profiles. A new sampled profile may start while
+    the bucket is not empty.
     """
 
     _BURST_S = 10.0
@@ -192,10 +206,13 @@ class HookTime:
 
     def off(self) -> None:
         if self._on_since is not None:
-            spent = self._clock() - self._on_since
-            self._tokens -= spent
-            self.total_s += spent
+            self.charge(self._clock() - self._on_since)
             self._on_since = None
+
+    def charge(self, seconds: float) -> None:
+        """Spend ``seconds`` of the budget (a hook's time, or a profile's handling)."""
+        self._tokens -= seconds
+        self.total_s += seconds
 
     def share(self) -> float:
         """The share of wall-clock time a hook has been on so far."""

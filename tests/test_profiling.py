@@ -850,7 +850,7 @@ async def test_bad_ids_and_paths_are_4xx_json(asgi, path):
 async def test_an_unknown_format_is_400_naming_the_format(client_for):
     async with client_for(perf()) as client:
         pid = await profiled(client, "/alpha")
-        for fmt in ("txt", "prof.gz", "json", "PROF"):
+        for fmt in ("txt", "prof.gz", "yaml", "PROF"):
             body = assert_json_error(await client.get(f"/_perf/profiles/{pid}.{fmt}"), 400)
             assert body["parameter"] == "format"
 
