@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck imports pytest bench bench-wrk bench-callgrind clean
+.PHONY: demo test lint typecheck imports pytest bench bench-wrk bench-sampler bench-attribution bench-callgrind clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ bench: $(STAMP)
 
 bench-wrk: $(STAMP)
 	$(BIN)/python benchmarks/wrk_throughput.py
+
+# Issue #9: the sampler, loop monitor, continuous ring and sample_rate, side by side; ~15 min.
+bench-sampler: $(STAMP)
+	$(BIN)/python benchmarks/sampler_overhead.py
+
+# Issue #9: per-route shares of a sampler window, two routes burning 3 : 1; ~2 min.
+bench-attribution: $(STAMP)
+	$(BIN)/python benchmarks/attribution.py
 
 bench-callgrind: $(STAMP)
 	$(BIN)/python benchmarks/callgrind_instructions.py
