@@ -44,7 +44,7 @@ bench: $(STAMP)
 bench-wrk: $(STAMP)
 	$(BIN)/python benchmarks/wrk_throughput.py
 
-# Issue #9: the sampler, loop monitor, continuous ring and sample_rate, side by side; ~15 min.
+# Issue #9: the sampler, loop monitor, continuous ring and sample_rate, side by side; ~12 min.
 bench-sampler: $(STAMP)
 	$(BIN)/python benchmarks/sampler_overhead.py
 
