@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck imports pytest bench bench-wrk bench-callgrind bench-workers clean
+.PHONY: demo test lint typecheck imports pytest bench bench-wrk bench-sampler bench-attribution bench-callgrind bench-workers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,14 @@ bench-wrk: $(STAMP)
 bench-workers: $(STAMP)
 	$(BIN)/python -m benchmarks.workers_flush --routes 20
 	$(BIN)/python -m benchmarks.workers_flush --routes 200
+
+# Issue #9: the sampler, loop monitor, continuous ring and sample_rate, side by side; ~12 min.
+bench-sampler: $(STAMP)
+	$(BIN)/python benchmarks/sampler_overhead.py
+
+# Issue #9: per-route shares of a sampler window, two routes burning 3 : 1; ~2 min.
+bench-attribution: $(STAMP)
+	$(BIN)/python benchmarks/attribution.py
 
 bench-callgrind: $(STAMP)
 	$(BIN)/python benchmarks/callgrind_instructions.py

@@ -3,7 +3,8 @@
 All variants are the same trivial FastAPI app; only the middleware differs,
 and every middleware is installed the same way (``add_middleware``) so each
 sits at the same place in Starlette's stack. The profiling benchmarks can
-wrap the ``shop`` app (``shop.py``) instead, whose profiles have real stacks.
+wrap the ``shop`` app (``shop.py``) instead, whose profiles have real stacks,
+or the ``attribution`` app (``attribution.py``): two routes burning CPU 3 : 1.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from asgi_perf._types import ASGIApp, Receive, Scope, Send
 
 VARIANTS = ("bare", "asgi_perf", "clock", "prometheus")
 PATHS = ("/", "/items/42")
-APPS = ("trivial", "shop")
+APPS = ("trivial", "shop", "attribution")
 # Bound once, as asgi_perf does, so the floor is not raised by an attribute lookup.
 _perf_counter_ns = time.perf_counter_ns
 
@@ -101,6 +102,10 @@ def _inner_app(name: str) -> FastAPI:
         from benchmarks.shop import shop_app
 
         return shop_app()
+    if name == "attribution":
+        from benchmarks.attribution import attribution_app
+
+        return attribution_app()
     raise ValueError(f"unknown app {name!r} (known: {', '.join(APPS)})")
 
 

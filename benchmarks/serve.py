@@ -1,7 +1,8 @@
 """``uvicorn benchmarks.serve:app``: the variant named by ``BENCH_VARIANT`` (default bare).
 
 ``BENCH_OPTIONS`` (a JSON object) passes options to PerfMiddleware;
-``BENCH_APP`` picks the app under the middleware: ``trivial`` (default) or ``shop``.
+``BENCH_APP`` picks the app under the middleware: ``trivial`` (default), ``shop``
+or ``attribution``.
 """
 
 from __future__ import annotations

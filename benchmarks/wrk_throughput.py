@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -35,13 +36,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 TARGET_LOSS_PCT = 3.0
 # Issue #3: the loss while a window runs has a target for pyinstrument at
 # its default 1 ms interval only; the deterministic engines are reported.
@@ -53,6 +56,10 @@ TARGET_WINDOW_LOSS_PCT: dict[str, float | None] = {
 _RPS_RE = re.compile(r"Requests/sec:\s+([\d.]+)")
 _NON_2XX_RE = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 _SOCKET_ERRORS_RE = re.compile(r"Socket errors:.*")
+# What the script of wrk_script(stop_after=n) prints.
+_STOPPED = "asgi-perf-stopped"
+_SENT = "asgi-perf-sent"
+_SENT_RE = re.compile(_SENT + r" (\d+)")
 
 
 @dataclass
@@ -111,11 +118,19 @@ def cpu_prefixes(pin: bool) -> tuple[list[str], list[str]]:
 
 
 def start_server(
-    variant: str, options: str, logdir: Path, prefix: list[str], app: str = "trivial"
+    variant: str,
+    options: str,
+    logdir: Path,
+    prefix: list[str],
+    app: str = "trivial",
+    *,
+    name: str | None = None,
 ) -> Server:
+    """A uvicorn server of ``variant`` of ``app``; ``name`` tells apart two of one variant."""
     port = free_port()
     env = dict(os.environ, BENCH_VARIANT=variant, BENCH_OPTIONS=options, BENCH_APP=app)
-    log = (logdir / f"uvicorn-{variant}.log").open("w+b")
+    name = name or variant
+    log = (logdir / f"uvicorn-{name}.log").open("w+b")
     cmd = [
         *prefix,
         sys.executable,
@@ -132,7 +147,7 @@ def start_server(
     ]
     # The server's output goes to a file: a pipe nobody reads would block it.
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return Server(variant, port, proc, log)
+    return Server(name, port, proc, log)
 
 
 def wait_ready(server: Server, path: str, timeout_s: float = 30.0) -> None:
@@ -194,6 +209,43 @@ class Wrk:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60)
         return self.requests_per_second(server, cmd, done.returncode, done.stdout, done.stderr)
 
+    def run_counted(self, server: Server, max_s: int) -> int:
+        """Run until the script's ``stop_after`` responses; the requests wrk sent.
+
+        ``script`` must come from ``wrk_script(..., stop_after=n)``. Its
+        thread stops at n responses and says so; wrk's main thread sleeps
+        out ``-d`` regardless, so it is interrupted here (SIGINT: wrk then
+        prints its summary). The requests sent exceed n by those still in
+        flight, which the server serves too: that count is returned.
+        """
+        if self.threads != 1:
+            raise ValueError("a counted run needs one wrk thread: each thread counts its own")
+        cmd = self.command(server, max_s)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                if line.startswith(_STOPPED):
+                    break
+            # The signal may land on the stopping thread and be lost; repeat it.
+            while proc.poll() is None:
+                time.sleep(0.05)
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=1)
+                except subprocess.TimeoutExpired:
+                    continue
+            stdout, stderr = proc.communicate(timeout=max_s + 60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.requests_per_second(server, cmd, proc.returncode, stdout, stderr)
+        sent = _SENT_RE.search(stdout)
+        if sent is None:
+            raise RuntimeError(f"{' '.join(cmd)}: no count of requests sent:\n{stdout}")
+        return int(sent.group(1))
+
     @staticmethod
     def requests_per_second(
         server: Server, cmd: list[str], returncode: int, stdout: str, stderr: str
@@ -214,16 +266,52 @@ def rotation_script(paths: tuple[str, ...], directory: Path) -> Path:
     wrk itself hits one URL; a profile of one endpoint repeated is not what
     a service's profile looks like, so the shop benchmarks mix them.
     """
-    quoted = ", ".join(json.dumps(p) for p in paths)
-    script = directory / "rotate.lua"
-    script.write_text(
-        f"local paths = {{{quoted}}}\n"
-        "local i = 0\n"
-        "request = function()\n"
-        "  i = i % #paths + 1\n"
-        '  return wrk.format("GET", paths[i])\n'
-        "end\n"
-    )
+    return wrk_script(directory, paths=paths)
+
+
+def wrk_script(
+    directory: Path, *, paths: tuple[str, ...] = (), stop_after: int = 0, name: str = "rotate"
+) -> Path:
+    """A wrk Lua script: ``paths`` in turn (none: wrk's URL), and a fixed count.
+
+    With ``stop_after`` each wrk thread stops after that many responses,
+    prints a line ``Wrk.run_counted`` waits for, and at the end the total
+    of requests sent (``request()`` calls, one request each).
+    """
+    lines = []
+    if paths:
+        quoted = ", ".join(json.dumps(p) for p in paths)
+        lines += [f"local paths = {{{quoted}}}", "local i = 0"]
+    if stop_after:
+        lines += [
+            "local threads = {}",
+            "setup = function(thread) table.insert(threads, thread) end",
+            "init = function(args) sent = 0; received = 0 end",
+        ]
+    lines.append("request = function()")
+    if stop_after:
+        lines.append("  sent = sent + 1")
+    if paths:
+        lines += ["  i = i % #paths + 1", '  return wrk.format("GET", paths[i])']
+    else:
+        lines.append("  return wrk.format()")
+    lines.append("end")
+    if stop_after:
+        lines += [
+            "response = function(status, headers, body)",
+            "  received = received + 1",
+            f"  if received == {stop_after} then",
+            f'    io.write("{_STOPPED}\\n"); io.flush(); wrk.thread:stop()',
+            "  end",
+            "end",
+            "done = function(summary, latency, requests)",
+            "  local n = 0",
+            '  for _, t in ipairs(threads) do n = n + t:get("sent") end',
+            f'  io.write(string.format("{_SENT} %d\\n", n))',
+            "end",
+        ]
+    script = directory / f"{name}.lua"
+    script.write_text("\n".join(lines) + "\n")
     return script
 
 
@@ -266,15 +354,21 @@ class WindowedRuns:
     answers: list[dict[str, Any]]
 
     def run(self, wrk: Wrk, server: Server, duration_s: int) -> float:
-        # Two seconds to spare, so the window's own time limit never ends
-        # it before the stop: the stop answer then describes this run only.
+        return self.around(server, duration_s, lambda: wrk.run(server, duration_s))
+
+    def around(self, server: Server, duration_s: float, work: Callable[[], T]) -> T:
+        """``work()`` inside a window on ``server``; what it returns.
+
+        Two seconds to spare, so the window's own time limit never ends it
+        before the stop: the stop answer then describes this run only.
+        """
         window_id = start_window(self.client, server, self.prefix, self.engine, duration_s + 2)
         try:
-            rps = wrk.run(server, duration_s)
+            result = work()
         finally:
             answer = stop_window(self.client, server, self.prefix, window_id)
         self.answers.append(answer)
-        return rps
+        return result
 
     def last(self) -> str:
         answer = self.answers[-1]
