@@ -310,6 +310,10 @@ class PerfCore:
         if workers is None:
             return
         try:
+            # Our own file too: if this worker dies next, the others count
+            # what it had served when it last answered.
+            if not workers.catch_up():
+                workers.write()
             asked = workers.ask_flush()
             deadline = time.monotonic() + timeout_s
             while not workers.flushed_since(asked) and time.monotonic() < deadline:

@@ -31,7 +31,7 @@ from asgi_perf.storage.disk import atomic_write
 
 logger = logging.getLogger("asgi_perf")
 
-_POLL_S = 0.05
+_POLL_S = 0.1
 _PREFIX = "worker-"
 # marshal, not JSON: a sixth of the time to write and a fifth to read (the
 # histograms are most of it). The files are written and read by the workers
@@ -92,6 +92,8 @@ class Workers:
         self.flushes = 0
         self.cpu_s = 0.0
         self._started = 0.0
+        self._created = 0.0
+        self._lock = threading.Lock()
         # More work for the poll thread (server windows, profile exports).
         self.hooks: list[Callable[[], None]] = []
         # What else this worker shares: its stored profiles' metadata.
@@ -105,6 +107,7 @@ class Workers:
         if self._pid == pid and self._thread is not None and self._thread.is_alive():
             return
         self._pid = pid
+        self._created = _create_time(pid)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         found = self.directory.stat()
         if found.st_uid != os.getuid() or found.st_mode & 0o022:
@@ -137,11 +140,7 @@ class Workers:
     def _tick(self) -> None:
         for hook in self.hooks:
             hook()
-        generation = self._read_generation()
-        if generation != self._generation:
-            self._generation = generation
-            self._reset()
-            self.write()
+        if self.catch_up():
             return
         asked = self._mtime("flush")
         if asked != self._flush_seen:
@@ -149,6 +148,21 @@ class Workers:
             self.write()
         elif time.monotonic() - self._written_at >= self.interval_s:
             self.write(only_if_changed=True)
+
+    def catch_up(self) -> bool:
+        """Reset this worker if another asked for a reset since; True if it did.
+
+        The poll thread does it within ``_POLL_S``; an answer does it first,
+        so that a worker never answers with numbers a reset has cleared.
+        """
+        with self._lock:
+            generation = self._read_generation()
+            if generation == self._generation:
+                return False
+            self._generation = generation
+            self._reset()
+            self.write()
+            return True
 
     def write(self, *, only_if_changed: bool = False) -> None:
         """Write this worker's state file (atomically)."""
@@ -161,7 +175,7 @@ class Workers:
         self._written_requests = (requests, len(profiles))
         body = {
             "pid": os.getpid(),
-            "created": _create_time(os.getpid()),
+            "created": self._created,
             "written": time.time(),
             "flush": self._flush_seen,
             "generation": self._generation,
@@ -195,9 +209,12 @@ class Workers:
         return now / 1e9
 
     def flushed_since(self, asked: float) -> bool:
-        """Whether every live worker has written since ``asked``."""
+        """Whether every live worker has written since ``asked``, after the last reset."""
+        generation = self._read_generation()
         for body in self.others():
-            if _alive(body) and float(body.get("written", 0.0)) < asked:
+            if not _alive(body):
+                continue
+            if float(body.get("written", 0.0)) < asked or body.get("generation") != generation:
                 return False
         return True
 
