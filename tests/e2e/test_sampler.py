@@ -397,7 +397,9 @@ async def test_the_per_request_profiler_keeps_to_its_time_budget(live_server, cl
 
 
 async def test_a_lifespan_profile_is_taken_by_the_sampler(live_server, tmp_path):
-    mw = PerfMiddleware(build_app(), lifespan_profile=True, profile_dir=str(tmp_path))
+    mw = PerfMiddleware(
+        build_app(), lifespan_profile=True, profile_dir=str(tmp_path), sampler_max_cpu=0.05
+    )
     server = live_server(mw, lifespan="on")
     await load(server.url, ["/alpha"], time.monotonic() + 1)
     server.stop()
