@@ -141,6 +141,7 @@ class ServerWindows:
             await asyncio.sleep(0.02)
         captures = [c for c in parts.values() if c is not None]
         if not captures:
+            self._clear(window_id)  # nothing to wait for: the next window may start
             raise RuntimeError(f"no worker wrote a part of window {window_id}")
         merged = combine(captures)
         ended = time.time()
