@@ -84,6 +84,18 @@ def build_app() -> FastAPI:
     return app
 
 
+def perf(**options: Any) -> PerfMiddleware:
+    """The test app under asgi_perf; the sampler may use 5 % of a core.
+
+    The servers run in the test's own process, whose other threads (the
+    clients) the sampler reads too, and coverage traces the sampler's own
+    thread: at its default 1 % it would sample too rarely to be sure of
+    short runs.
+    """
+    options.setdefault("sampler_max_cpu", 0.05)
+    return PerfMiddleware(build_app(), **options)
+
+
 BLOCK_LINE = next(
     i
     for i, line in enumerate(
@@ -174,7 +186,7 @@ async def test_samples_are_attributed_to_their_route_in_the_ratio_of_their_work(
 
 
 async def test_a_sync_def_endpoints_frames_are_under_its_route(live_server, client_for):
-    server = live_server(PerfMiddleware(build_app()))
+    server = live_server(perf())
     async with client_for(server.url) as client:
         response = await window_under_load(client, server.url, ["/sync"], format="collapsed")
     assert response.status_code == 200, response.text
@@ -187,7 +199,7 @@ async def test_a_sync_def_endpoints_frames_are_under_its_route(live_server, clie
 
 
 async def test_idle_is_left_out_unless_asked_for(live_server, client_for):
-    server = live_server(PerfMiddleware(build_app()))
+    server = live_server(perf())
     async with client_for(server.url) as client:
         # A quiet app: a request now and then, waiting most of the time.
         response = await window_under_load(
@@ -224,7 +236,7 @@ async def test_the_sampler_stretches_its_interval_to_stay_under_its_cpu_budget(
 
 @pytest.mark.parametrize("fmt", sorted(RENDERERS))
 async def test_route_filters_every_format(live_server, client_for, tmp_path, fmt):
-    server = live_server(PerfMiddleware(build_app()))
+    server = live_server(perf())
     async with client_for(server.url) as client:
         window = await window_under_load(client, server.url, ["/alpha", "/beta"], seconds=2)
         profile_id = window.headers["x-perf-profile-id"]
@@ -247,7 +259,7 @@ async def test_route_filters_every_format(live_server, client_for, tmp_path, fmt
 
 
 async def test_a_window_of_a_non_attributing_engine_refuses_route_clearly(live_server, client_for):
-    server = live_server(PerfMiddleware(build_app()))
+    server = live_server(perf())
     async with client_for(server.url) as client:
         window = await window_under_load(
             client, server.url, ["/alpha"], seconds=1, engine="pyinstrument"
@@ -259,9 +271,9 @@ async def test_a_window_of_a_non_attributing_engine_refuses_route_clearly(live_s
 
 
 async def test_continuous_profiling_answers_for_the_recent_past_at_once(live_server, client_for):
-    server = live_server(PerfMiddleware(build_app(), continuous=True, continuous_minutes=1))
+    server = live_server(perf(continuous=True, continuous_minutes=1))
     async with client_for(server.url) as client:
-        await load(server.url, ["/alpha", "/beta"], time.monotonic() + 1.5)
+        await load(server.url, ["/alpha", "/beta"], time.monotonic() + 2.5)
         started = time.monotonic()
         recent = await client.get("/_perf/profile", params={"last": 5, "format": "collapsed"})
         took = time.monotonic() - started
@@ -284,7 +296,7 @@ async def test_continuous_profiling_answers_for_the_recent_past_at_once(live_ser
 
 
 async def test_last_without_continuous_is_a_409_naming_the_option(live_server, client_for):
-    server = live_server(PerfMiddleware(build_app()))
+    server = live_server(perf())
     async with client_for(server.url) as client:
         response = await client.get("/_perf/profile", params={"last": 5})
     assert response.status_code == 409
@@ -295,7 +307,7 @@ async def test_last_without_continuous_is_a_409_naming_the_option(live_server, c
 async def test_the_blocking_call_is_caught_with_its_line_and_route(
     live_server, client_for, eventually
 ):
-    server = live_server(PerfMiddleware(build_app()))
+    server = live_server(perf())
     async with client_for(server.url) as client:
         await client.get("/alpha")
         assert (await client.get("/block")).status_code == 200
@@ -333,7 +345,7 @@ async def test_the_blocking_call_is_caught_with_its_line_and_route(
 
 
 async def test_no_block_on_an_idle_or_merely_busy_loop(live_server, client_for):
-    server = live_server(PerfMiddleware(build_app()))
+    server = live_server(perf())
     async with client_for(server.url) as client:
         await asyncio.sleep(1.0)  # idle
         await load(server.url, ["/busy", "/idle"], time.monotonic() + 2, concurrency=8)
@@ -357,7 +369,7 @@ async def test_the_loop_monitor_can_be_turned_off(live_server, client_for):
 
 async def test_request_profiles_go_on_during_a_sampler_window(live_server, client_for):
     # The sampler sets no hook, so per-request profiles need not wait for it.
-    server = live_server(PerfMiddleware(build_app()))
+    server = live_server(perf())
     async with client_for(server.url) as client:
         started = await client.post("/_perf/windows", params={"seconds": 30})
         profiled = await client.get("/beta", headers={"X-Perf-Profile": "1"})
@@ -367,7 +379,7 @@ async def test_request_profiles_go_on_during_a_sampler_window(live_server, clien
 
 
 async def test_a_tagged_profiled_request_is_labelled_in_the_window(live_server, client_for):
-    server = live_server(PerfMiddleware(build_app()))
+    server = live_server(perf())
     headers = {"X-Perf-Tag": "run-7", "X-Perf-Profile": "1"}
     async with client_for(server.url) as client:
         started = await client.post("/_perf/windows", params={"seconds": 30})
@@ -414,7 +426,7 @@ async def test_a_lifespan_profile_is_taken_by_the_sampler(live_server, tmp_path)
 async def test_a_py_spy_window_through_http(live_server, client_for, tmp_path):
     if shutil.which("py-spy") is None and not Path(sys.executable).with_name("py-spy").exists():
         pytest.skip("py-spy is not installed")
-    server = live_server(PerfMiddleware(build_app()))
+    server = live_server(perf())
     async with client_for(server.url) as client:
         response = await window_under_load(client, server.url, ["/alpha"], engine="pyspy")
         profile_id = response.headers["x-perf-profile-id"]
