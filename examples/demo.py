@@ -256,6 +256,7 @@ def print_saved(run_dir: Path | None) -> list[Path]:
             ".svg": "a flame graph: open it in a browser",
             "stats.json": "the stats snapshot, for asgi-perf check / asgi-perf diff",
             "budgets.json": "the budget verdicts",
+            "routes.json": "where each route spent the run's time (the sampler's split)",
         }.get(path.suffix if path.suffix != ".json" else path.name, "")
         print(f"  {rel!s:<{width}}  {hint}")
     return files
