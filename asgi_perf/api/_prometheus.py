@@ -26,8 +26,8 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import CollectorRegistry
 
 from asgi_perf.budgets import BudgetReport, Verdict
+from asgi_perf.stats.entry import STATUS_CLASSES
 from asgi_perf.stats.histogram import GAMMA, LAYOUT_ALPHA
-from asgi_perf.stats.store import STATUS_CLASSES
 
 _MB = float(1 << 20)
 

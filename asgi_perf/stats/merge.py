@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from asgi_perf.stats.entry import STATUS_CLASSES, route_entry
 from asgi_perf.stats.histogram import Histogram
-from asgi_perf.stats.store import SCHEMA, STATUS_CLASSES, route_entry
+from asgi_perf.stats.store import SCHEMA
 
 _COUNTERS = ("count", "errors", "exceptions", "disconnects", "bytes")
 _HISTOGRAMS = ("latency_ns", "ttfb_ns", "memory_bytes", "recent_latency_ns")

@@ -16,6 +16,7 @@ from operator import itemgetter
 from typing import Any
 
 from asgi_perf.routes import OTHER, UNMATCHED
+from asgi_perf.stats.entry import STATUS_NAMES, route_entry
 from asgi_perf.stats.histogram import Histogram
 
 SCHEMA = 1
@@ -25,7 +26,6 @@ SLICES = 6
 BATCH = 128
 EXCEPTION = 1
 INCOMPLETE = 2
-_MB = float(1 << 20)
 _SPECIAL = frozenset({UNMATCHED, OTHER})
 # (key, ttfb_ns, total_ns, status, bytes, memory, flags, end_ns)
 Row = tuple[str, int, int, int, int, int | None, int, int]
@@ -256,8 +256,7 @@ class Recorder:
         with self._lock:
             self.flush()
             now = self._clock_ns()
-            recent_since = now // self._slice_ns - SLICES
-            span_s = max(min(self.window_s, (now - self.reset_ns) / 1e9), 1e-3)
+            recent_since, span_s = self._recent(now)
             routes = []
             for rs in self.routes.values():
                 total = rs.merged(None)
@@ -265,12 +264,7 @@ class Recorder:
                 routes.append(
                     {
                         "route": rs.key,
-                        "count": rs.count,
-                        "errors": rs.errors,
-                        "exceptions": rs.exceptions,
-                        "disconnects": rs.disconnects,
-                        "bytes": rs.bytes,
-                        "status": dict(zip(_STATUS_NAMES, rs.status, strict=True)),
+                        **_counters(rs),
                         "in_flight": in_flight.get(rs.key, 0),
                         "recent": {
                             "window_s": self.window_s,
@@ -284,26 +278,13 @@ class Recorder:
                         },
                     }
                 )
-            return {
-                "schema": SCHEMA,
-                "uptime_s": round((now - self.started_ns) / 1e9, 3),
-                "since_reset_s": round((now - self.reset_ns) / 1e9, 3),
-                "started_at": self.started_at,
-                "reset_at": self.reset_at,
-                "requests": sum(r["count"] for r in routes),
-                "in_flight": sum(in_flight.values()),
-                "max_routes": self.max_routes,
-                "routes_dropped": self.overflowed,
-                "routes": routes,
-            }
+            return self._envelope(now, routes, in_flight)
 
     def _snapshot(
         self, in_flight: dict[str, int], memory_method: str, histograms: bool
     ) -> dict[str, Any]:
         now = self._clock_ns()
-        recent_since = now // self._slice_ns - SLICES
-        # The window is 60 s once running that long; before, what has elapsed.
-        span_s = max(min(self.window_s, (now - self.reset_ns) / 1e9), 1e-3)
+        recent_since, span_s = self._recent(now)
         routes = [
             self._route_snapshot(
                 rs, recent_since, span_s, in_flight.get(rs.key, 0), memory_method, histograms
@@ -317,6 +298,18 @@ class Recorder:
                     RouteStats(key), recent_since, span_s, in_flight[key], memory_method, histograms
                 )
             )
+        return self._envelope(now, routes, in_flight)
+
+    def _recent(self, now: int) -> tuple[int, float]:
+        """The first slice epoch of the recent window, and its length in seconds."""
+        # The window is 60 s once running that long; before, what has elapsed.
+        span_s = max(min(self.window_s, (now - self.reset_ns) / 1e9), 1e-3)
+        return now // self._slice_ns - SLICES, span_s
+
+    def _envelope(
+        self, now: int, routes: list[dict[str, Any]], in_flight: dict[str, int]
+    ) -> dict[str, Any]:
+        """The process-wide fields around ``routes`` (a snapshot's or a state's)."""
         return {
             "schema": SCHEMA,
             "uptime_s": round((now - self.started_ns) / 1e9, 3),
@@ -341,17 +334,9 @@ class Recorder:
     ) -> dict[str, Any]:
         total = rs.merged(None)
         recent = rs.merged(recent_since)
-        counters = {
-            "count": rs.count,
-            "errors": rs.errors,
-            "exceptions": rs.exceptions,
-            "disconnects": rs.disconnects,
-            "status": dict(zip(_STATUS_NAMES, rs.status, strict=True)),
-            "bytes": rs.bytes,
-        }
         return route_entry(
             rs.key,
-            counters,
+            _counters(rs),
             total.total,
             total.ttfb,
             total.memory,
@@ -364,73 +349,12 @@ class Recorder:
         )
 
 
-# RouteStats.status is indexed by status // 100; index 0 is "no response".
-_STATUS_NAMES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
-STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
-
-
-def route_entry(
-    key: str,
-    counters: dict[str, Any],
-    latency: Histogram,
-    ttfb: Histogram,
-    memory: Histogram,
-    recent: Histogram,
-    recent_rps: float,
-    *,
-    window_s: int,
-    in_flight: int,
-    memory_method: str,
-    histograms: bool,
-) -> dict[str, Any]:
-    """One route of a snapshot, from its counters and histograms.
-
-    The one place that shapes a route's numbers: a process's own snapshot
-    and a merge of several (workers, hosts) are built by it alike.
-    """
-    method, sep, template = key.partition(" ")
-    if not (sep and method.isalpha() and method.isupper()):
-        method, template = "", key
-    status = counters["status"]
-    entry: dict[str, Any] = {
-        "route": key,
-        "method": method,
-        "template": template,
-        "count": counters["count"],
-        "errors": counters["errors"],
-        "exceptions": counters["exceptions"],
-        "disconnects": counters["disconnects"],
-        "status": {name: status.get(name, 0) for name in STATUS_CLASSES},
-        "in_flight": in_flight,
-        "bytes": counters["bytes"],
-        "latency_ms": latency.summary(1e6),
-        "ttfb_ms": ttfb.summary(1e6),
-        "memory_mb": memory_summary(memory, memory_method),
-        "recent": {
-            "window_s": window_s,
-            "count": recent.count,
-            "rps": recent_rps,
-            "latency_ms": recent.summary(1e6),
-        },
+def _counters(rs: RouteStats) -> dict[str, Any]:
+    return {
+        "count": rs.count,
+        "errors": rs.errors,
+        "exceptions": rs.exceptions,
+        "disconnects": rs.disconnects,
+        "status": dict(zip(STATUS_NAMES, rs.status, strict=True)),
+        "bytes": rs.bytes,
     }
-    if histograms:
-        entry["histograms"] = {
-            "latency_ns": latency.to_dict(),
-            "ttfb_ns": ttfb.to_dict(),
-            "memory_bytes": memory.to_dict(),
-            "recent_latency_ns": recent.to_dict(),
-        }
-    return entry
-
-
-def memory_summary(h: Histogram, method: str) -> dict[str, Any]:
-    """Per-request memory growth in MB (2**20 bytes), labelled with its method."""
-    out: dict[str, Any] = {
-        "p50": round(h.quantile(0.5) / _MB, 3),
-        "p99": round(h.quantile(0.99) / _MB, 3),
-        "max": round(h.max / _MB, 3),
-        "mean": round(h.mean / _MB, 3),
-        "samples": h.count,
-        "method": method,
-    }
-    return out
