@@ -103,9 +103,19 @@ def buckets_of(samples: Samples, route: str) -> list[tuple[float, float]]:
 
 
 async def send_traffic(client: httpx.AsyncClient, paths: list[str]) -> None:
-    for start in range(0, len(paths), 20):
-        answers = await asyncio.gather(*(client.get(p) for p in paths[start : start + 20]))
-        assert all(a.status_code in (200, 404, 418, 500) for a in answers)
+    # A connection of its own per request: uvicorn closes the one a request
+    # that raised came on, and a pooled client may send the next request on
+    # it just as it closes (httpx.ReadError).
+    async with httpx.AsyncClient(
+        base_url=client.base_url,
+        headers=client.headers,
+        trust_env=False,
+        timeout=30,
+        limits=httpx.Limits(max_keepalive_connections=0),
+    ) as fresh:
+        for start in range(0, len(paths), 20):
+            answers = await asyncio.gather(*(fresh.get(p) for p in paths[start : start + 20]))
+            assert all(a.status_code in (200, 404, 418, 500) for a in answers)
 
 
 # --------------------------------------------------------------------------- bucket edges
