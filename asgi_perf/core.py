@@ -154,8 +154,7 @@ class PerfCore:
 
     def set_request_code(self, code: CodeType) -> None:
         """The code of the frame that runs a request: how a sample finds its request."""
-        self.sampler.request_codes = frozenset({code})
-        self.sampler.forget_codes()
+        self.sampler.set_request_codes(frozenset({code}))
 
     def attach_loop(self) -> None:
         """Called on the event loop's thread: start what watches that loop.
