@@ -41,7 +41,13 @@ class PerfConfig:
     route_key: RouteKeyFunc | None = None
     tracemalloc: bool = False
     recent_window_s: int = 60
+    # After a route's first min_samples requests, every n-th of its requests
+    # has its memory measured.
     memory_sample_every: int = 16
+    # The process timeline (spec 4): a point every memory_interval_s (0: off),
+    # the last memory_points kept.
+    memory_interval_s: float = 5.0
+    memory_points: int = 720
     # Profiling (spec section 3).
     engine: str = "pyinstrument"
     sample_rate: float = 0.0
@@ -91,6 +97,13 @@ class PerfConfig:
         _check_int("min_samples", self.min_samples, 0, 10**9)
         _check_int("recent_window_s", self.recent_window_s, 10, 3600)
         _check_int("memory_sample_every", self.memory_sample_every, 1, 1_000_000)
+        _check_number("memory_interval_s", self.memory_interval_s, 0.0, 86_400.0)
+        if 0 < self.memory_interval_s < 0.05:
+            raise ConfigError(
+                f"memory_interval_s: 0 (off) or from 0.05 to 86400 seconds, "
+                f"got {self.memory_interval_s!r}"
+            )
+        _check_int("memory_points", self.memory_points, 2, 1_000_000)
         check_engine_name(self.engine)
         if self.engine in WINDOW_ONLY:
             raise ConfigError(
@@ -216,6 +229,9 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "prefix": str,
     "budgets": _parse_optional_str,
     "min_samples": _parse_int,
+    "memory_sample_every": _parse_int,
+    "memory_interval_s": _parse_float,
+    "memory_points": _parse_int,
     "max_routes": _parse_int,
     "tracemalloc": _parse_bool,
     "engine": str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
@@ -158,6 +159,8 @@ class Recorder:
         self.reset_ns = self.started_ns
         self.reset_at = self.started_at
         self.overflowed = 0
+        # Told after each fold: (route key as recorded by the middleware, its count).
+        self.on_fold: Callable[[str, int], None] | None = None
 
     def record(
         self,
@@ -196,6 +199,7 @@ class Recorder:
         batch.sort(key=_by_key)
         slice_ns = self._slice_ns
         routes = self.routes
+        on_fold = self.on_fold
         for key, group in groupby(batch, _by_key):
             rows = list(group)
             rs = routes.get(key)
@@ -204,9 +208,11 @@ class Recorder:
             first = rows[0][7] // slice_ns
             if first == rows[-1][7] // slice_ns:
                 rs.add(rows, first)
-                continue
-            for epoch, part in groupby(rows, lambda row: row[7] // slice_ns):
-                rs.add(list(part), epoch)
+            else:
+                for epoch, part in groupby(rows, lambda row: row[7] // slice_ns):
+                    rs.add(list(part), epoch)
+            if on_fold is not None:
+                on_fold(key, rs.count)
 
     def _route(self, key: str, n: int = 1) -> RouteStats:
         if key not in _SPECIAL and len(self.routes) - self._specials() >= self.max_routes:
@@ -217,6 +223,10 @@ class Recorder:
                 return rs
         rs = self.routes[key] = RouteStats(key)
         return rs
+
+    def count(self) -> int:
+        """Requests recorded so far (any thread; folded or waiting)."""
+        return sum(rs.count for rs in list(self.routes.values())) + len(self.pending)
 
     def capped(self, key: str) -> str:
         """The key ``key`` would be recorded under now (``<other>`` past the cap)."""

@@ -1,10 +1,12 @@
-"""Process memory: a cheap RSS read for the hot path, a fuller view for snapshots."""
+"""Process memory: a cheap RSS read, the recent readings, a fuller view for snapshots."""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import tracemalloc
+from collections import deque
 from typing import Any
 
 import psutil
@@ -54,6 +56,59 @@ class RSSReader:
                 except OSError:
                     return -1
             return self._fd
+
+
+class RSSHistory:
+    """Recent RSS readings, so a request's growth needs no reading at its start.
+
+    The route of a request is known only after the app ran, so whether to
+    measure it is decided at its end. Its starting RSS is then the last
+    reading taken before it began: the background thread reads every tick
+    (``note``), and each measured request's end reading counts too
+    (``latest``). A reading older than the request by one tick makes the
+    number noisier under concurrency, which per-request RSS already is.
+    """
+
+    def __init__(self, size: int = 512) -> None:
+        # (perf_counter_ns, rss bytes); appended by the background thread.
+        self._ticks: deque[tuple[int, int]] = deque(maxlen=size)
+        self._latest: tuple[int, int] = (0, 0)
+
+    def note(self, at_ns: int, rss: int) -> None:
+        """A reading from the background thread (in time order)."""
+        self._ticks.append((at_ns, rss))
+
+    def read(self) -> int:
+        """RSS now; remembered as the latest reading."""
+        at_ns = time.perf_counter_ns()
+        rss = read_rss()
+        self._latest = (at_ns, rss)
+        return rss
+
+    def before(self, at_ns: int) -> int | None:
+        """The newest reading taken at or before ``at_ns``; None if none is kept."""
+        found: tuple[int, int] | None = None
+        ticks = self._ticks
+        # Negative indices from the newest end: the other thread only appends
+        # there, so a concurrent append shifts nothing still to be read.
+        i = -1
+        try:
+            while True:
+                tick = ticks[i]
+                if tick[0] <= at_ns:
+                    found = tick
+                    break
+                i -= 1
+        except IndexError:
+            pass
+        latest = self._latest
+        if latest[0] and latest[0] <= at_ns and (found is None or latest[0] > found[0]):
+            found = latest
+        return None if found is None else found[1]
+
+    def clear(self) -> None:
+        self._ticks.clear()
+        self._latest = (0, 0)
 
 
 def traced_start() -> int:
