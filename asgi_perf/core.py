@@ -29,7 +29,7 @@ from asgi_perf.engines import WINDOW_ONLY, Engine, check_engine_name
 from asgi_perf.engines.sampler_impl import Sampler, SamplerEngine
 from asgi_perf.labels import OWN, request_frame, route_frame, tag_frame
 from asgi_perf.loop import LoopMonitor
-from asgi_perf.memory import process_memory
+from asgi_perf.memory.watch import ProcessMemory
 from asgi_perf.profiling import PROFILE_ID_KEY, RequestProfiler, engine_for, request_tag
 from asgi_perf.routes import RouteKeys, route_path
 from asgi_perf.server_windows import ServerWindows
@@ -44,8 +44,10 @@ logger = logging.getLogger("asgi_perf")
 T = TypeVar("T")
 
 MEMORY_NOTE = (
-    "per-request memory is the growth of process RSS (sampled requests) "
-    "or the tracemalloc peak; concurrent requests blur both"
+    "per-request memory is the growth of process RSS since the last reading "
+    "before the request began (each route's first min_samples requests, then "
+    "every memory_sample_every-th), or with tracemalloc=True the traced peak; "
+    "concurrent requests blur both"
 )
 
 
@@ -62,6 +64,18 @@ class PerfCore:
         # Requests in flight, by their start time (ns): read by ``in_flight``.
         self.active: dict[int, Scope] = {}
         self.memory_method = "tracemalloc" if cfg.tracemalloc else "rss"
+        self.memory = ProcessMemory(
+            interval_s=cfg.memory_interval_s if cfg.enabled else 0.0,
+            max_points=cfg.memory_points,
+            first=min(self.budgets.max_min_samples(), 1000),
+            every=cfg.memory_sample_every,
+            max_keys=2 * cfg.max_routes + 16,
+            requests=self.recorder.count,
+            on_error=self.internal_error,
+        )
+        if not cfg.tracemalloc:
+            # The fold tells the schedule when a route's n-th request is due.
+            self.recorder.on_fold = self.memory.routes.folded
         self.started_tracemalloc = False
         if cfg.enabled and cfg.tracemalloc and not tracemalloc.is_tracing():
             tracemalloc.start()
@@ -173,6 +187,9 @@ class PerfCore:
             self.workers.start()
         if self.loop is not None:
             self.loop.attach(loop)
+        # RSS readings for the requests' starts, and the timeline's points.
+        self.memory.start()
+        self.sampler.add_hook(self.memory.tick)
         if self.ring is not None:
             self.ring.start()
             # The ring samples for as long as the loop lives, no longer.
@@ -192,6 +209,7 @@ class PerfCore:
         if self.ring is not None:
             self.ring.stop()
         self.sampler.remove_hook(self._watch_loop)
+        self.sampler.remove_hook(self.memory.tick)
         self.sampler.stop()
 
     def _labels(self, scope: Scope) -> tuple[FrameId, ...]:
@@ -296,8 +314,10 @@ class PerfCore:
         return [dict(m) for m in self.store.list(limit=self.store.max_profiles)]
 
     def _worker_state(self) -> dict[str, Any]:
-        """What this worker shares with the others: its counts and histograms."""
-        return self.recorder.state(self.in_flight())
+        """What this worker shares with the others: its counts, histograms, memory."""
+        state = self.recorder.state(self.in_flight())
+        state["process"] = self.memory.summary()
+        return state
 
     async def fresh(self, timeout_s: float = 0.5) -> None:
         """Have every live worker write its state now, so an answer counts all.
@@ -326,6 +346,7 @@ class PerfCore:
         With workers, the numbers of every worker of the server, merged.
         """
         workers = self.workers
+        process = self.memory.summary()
         if workers is None:
             own = snap = self.recorder.snapshot(self.in_flight(), self.memory_method, histograms)
             snap["scope"] = "process"
@@ -351,6 +372,9 @@ class PerfCore:
                 )
             snap["scope"] = "server"
             snap["workers"] = workers.describe(own["requests"])
+            # Each worker's own memory: process budgets hold for every one.
+            own["process"] = process
+            snap["processes"] = [p["process"] for p in parts if isinstance(p.get("process"), dict)]
             snap["shared"] = workers.stats()
         snap["pid"] = os.getpid()
         snap["internal_errors"] = self.internal_errors
@@ -361,7 +385,7 @@ class PerfCore:
         }
         snap["profiling"]["sampler"] = self.sampler.stats()
         snap["profiling"]["continuous"] = None if self.ring is None else self.ring.stats()
-        snap["process"] = process_memory()
+        snap["process"] = process
         if self.loop is not None:
             snap["loop"] = self.loop.summary()
             blocks = self.loop.route_blocks
@@ -392,5 +416,6 @@ class PerfCore:
     def _reset_here(self) -> None:
         """Clear this process's numbers (a worker told to reset does this)."""
         self.recorder.reset()
+        self.memory.clear()
         if self.loop is not None:
             self.loop.reset()

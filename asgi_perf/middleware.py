@@ -20,16 +20,17 @@ from asgi_perf.budgets import BudgetSet
 from asgi_perf.config import PerfConfig
 from asgi_perf.core import PerfCore
 from asgi_perf.engines.sampler_impl import REQUEST_SCOPE
-from asgi_perf.memory import read_rss, traced_growth, traced_start
+from asgi_perf.memory import traced_growth, traced_start
 from asgi_perf.profiling import PROFILE_HEADER, PROFILE_ID_KEY, Ticket, request_tag
 from asgi_perf.routes import route_path
-from asgi_perf.stats.store import BATCH, EXCEPTION, INCOMPLETE
+from asgi_perf.stats.store import EXCEPTION, INCOMPLETE
 
 logger = logging.getLogger("asgi_perf")
 _perf_counter_ns = time.perf_counter_ns
-_BATCH = BATCH
+# Requests per slow turn; well under BATCH, so a batch never grows far past it.
+_TURN = 16
 # memory_start of a request on the fast path, and of one on the slow path
-# that samples no memory (a profiled request outside a slow turn).
+# with no tracemalloc reading from its start.
 _FAST = -2
 _NO_MEMORY = -1
 _random = random.random
@@ -64,17 +65,15 @@ class PerfMiddleware:
         self._sample_rate = cfg.sample_rate
         self._lifespan_profile = cfg.lifespan_profile
         self._tracemalloc = cfg.tracemalloc
-        self._rss = read_rss
-        # Reading RSS costs a system call; only every n-th request pays it.
-        # The first request is measured so that a quiet app shows a number.
-        # The same turns fold the batch of finished requests, so one turn
-        # comes at least every BATCH requests; a rarer memory sample is
-        # every m-th turn (memory_sample_every rounded to turns).
-        every = 1 if cfg.tracemalloc else cfg.memory_sample_every
-        turn = min(every, _BATCH // 2)
+        # Routes whose requests need no memory reading now (see memory.routes):
+        # the fast path's only question about memory, asked once the app ran.
+        # With tracemalloc every request is measured, from its start.
+        self._settled = core.memory.routes.settled
+        self._route_memory = core.memory.routes.measure
+        # Every few requests take the slow way out, which folds the batch of
+        # finished requests: one turn comes at least every BATCH requests.
+        turn = 1 if cfg.tracemalloc else _TURN
         self._turn = itertools.cycle([True] + [False] * (turn - 1)).__next__
-        nth = max(1, round(every / turn))
-        self._memory_turn = itertools.cycle([True] + [False] * (nth - 1))
 
     @property
     def budgets(self) -> BudgetSet:
@@ -90,9 +89,13 @@ class PerfMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            if scope["type"] == "lifespan" and self._lifespan_profile:
-                await self._lifespan(scope, receive, send)
-                return
+            if scope["type"] == "lifespan":
+                # The server's loop is known from start-up on: the watchers
+                # (memory readings, loop monitor) start before any request.
+                self._attach_loop()
+                if self._lifespan_profile:
+                    await self._lifespan(scope, receive, send)
+                    return
             await self.app(scope, receive, send)
             return
         # A substring test first: one C call decides for almost every request.
@@ -100,8 +103,8 @@ class PerfMiddleware:
             self._attach_loop()
             await self._perf_app(scope, receive, send)
             return
-        # Every few requests take the slow way out (memory sample, batch
-        # fold); so does a profiled one. The fast way checks nothing else.
+        # Every few requests take the slow way out (batch fold, tracemalloc);
+        # so does a profiled one, and one whose route is due a memory reading.
         memory_start = self._memory_start() if self._turn() else _FAST
         ticket: Ticket | None = None
         # Header membership is one C-level scan of the header list.
@@ -160,12 +163,16 @@ class PerfMiddleware:
             self._finish(scope, t0, ttfb, end, status, nbytes, memory_start, None, ticket)
             return
         try:
-            # A complete response started before its body: ttfb is set.
-            self._pending.append(
-                (self._key(scope), ttfb - t0, end - t0, status, nbytes, None, 0, end)
-            )
+            key = self._key(scope)
+            if key in self._settled:
+                # A complete response started before its body: ttfb is set.
+                self._pending.append((key, ttfb - t0, end - t0, status, nbytes, None, 0, end))
+                return
         except Exception as exc:
             self.core.internal_error("record", exc)
+            return
+        # Among a route's first requests, or its n-th: measure its memory.
+        self._finish(scope, t0, ttfb, end, status, nbytes, _NO_MEMORY, None, None)
 
     async def _start_profile(self, scope: Scope) -> Ticket | None:
         """A profile for this request, if it asked (through the gate) or was sampled."""
@@ -185,19 +192,14 @@ class PerfMiddleware:
         return ticket
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Start the loop's watchers with the server, stop them at shutdown.
-
-        With ``lifespan_profile``, also profile from start-up to shutdown;
-        the file lands in ``profile_dir``.
-        """
+        """``lifespan_profile``: profile from start-up to shutdown; the file
+        lands in ``profile_dir``."""
         core = self.core
-        self._attach_loop()
         window_id = ""
-        if self._lifespan_profile:
-            try:
-                window_id = core.windows.start(self.config.window_engine, None, kind="lifespan").id
-            except Exception as exc:
-                core.internal_error("lifespan_profile", exc)
+        try:
+            window_id = core.windows.start(self.config.window_engine, None, kind="lifespan").id
+        except Exception as exc:
+            core.internal_error("lifespan_profile", exc)
 
         async def watched_receive() -> Message:
             message = await receive()
@@ -229,11 +231,11 @@ class PerfMiddleware:
         return path.startswith(self._prefix) and (len(path) == n or path[n] == "/")
 
     def _memory_start(self) -> int:
-        """The memory reading a slow turn starts from; -1 when it takes none."""
-        if not next(self._memory_turn):
+        """The tracemalloc reading a slow turn starts from; -1 when it takes none."""
+        if not self._tracemalloc:
             return _NO_MEMORY
         try:
-            return traced_start() if self._tracemalloc else self._rss()
+            return traced_start()
         except Exception as exc:
             self.core.internal_error("memory", exc)
             return _NO_MEMORY
@@ -267,10 +269,10 @@ class PerfMiddleware:
         try:
             memory: int | None = None
             if memory_start >= 0:
-                if self._tracemalloc:
-                    memory = traced_growth(memory_start)
-                else:
-                    memory = self._rss() - memory_start
+                memory = traced_growth(memory_start)
+            elif ticket is None and not self._tracemalloc:
+                # Not a profiled request: the profiler's own memory is not the route's.
+                memory = self._route_memory(key, t0)
             core.recorder.record(
                 key, (ttfb or end) - t0, end - t0, status, nbytes, memory, flags, end
             )

@@ -22,7 +22,13 @@ from collections.abc import Mapping
 
 from asgi_perf.errors import ConfigError
 
-__all__ = ["number_text", "parse_duration_ms", "parse_rate", "parse_size_mb"]
+__all__ = [
+    "number_text",
+    "parse_duration_ms",
+    "parse_growth_mb_per_h",
+    "parse_rate",
+    "parse_size_mb",
+]
 
 _QUANTITY_RE = re.compile(
     r"^\s*(?P<num>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>[^\d\s.+-]*)\s*$"
@@ -50,6 +56,12 @@ _SIZE_MB: Mapping[str, float] = {
     "gib": 2.0**10,
 }
 _RATE: Mapping[str, float] = {"": 1.0, "%": 0.01}
+# Growth in MB per hour: "10 MB/h", "512 KB/h", "1 MB/min".
+_GROWTH_MB_PER_H: Mapping[str, float] = {
+    "": 1.0,
+    **{f"{size}/{per}": f * h for size, f in _SIZE_MB.items() if size
+       for per, h in (("h", 1.0), ("hour", 1.0), ("min", 60.0), ("s", 3600.0))},
+}  # fmt: skip
 
 
 def parse_duration_ms(value: object, *, name: str) -> float:
@@ -60,6 +72,11 @@ def parse_duration_ms(value: object, *, name: str) -> float:
 def parse_size_mb(value: object, *, name: str) -> float:
     """A size in MB of 2**20 bytes: ``10``, ``"24 MB"``, ``"512 KB"``, ``"1 GiB"``."""
     return _parse(value, name, _SIZE_MB, "a size like '24 MB' or '512 KB'")
+
+
+def parse_growth_mb_per_h(value: object, *, name: str) -> float:
+    """Growth in MB per hour: ``10``, ``"10 MB/h"``, ``"512 KB/h"``, ``"1 MB/min"``."""
+    return _parse(value, name, _GROWTH_MB_PER_H, "a growth like '10 MB/h'")
 
 
 def parse_rate(value: object, *, name: str) -> float:

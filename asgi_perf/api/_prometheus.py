@@ -113,6 +113,14 @@ def metric_families(snapshot: Mapping[str, Any], budgets: BudgetReport | None) -
                 value=round(process["rss_mb"] * _MB),
             )
         )
+        if isinstance(process.get("slope_mb_per_h"), (int, float)):
+            families.append(
+                GaugeMetricFamily(
+                    "asgi_perf_process_memory_growth_mb_per_hour",
+                    "The leak slope: RSS growth of the process timeline (least squares).",
+                    value=process["slope_mb_per_h"],
+                )
+            )
     loop = snapshot.get("loop")
     if isinstance(loop, Mapping):
         families.extend(_loop_families(loop))

@@ -29,6 +29,7 @@ def add_stats_routes(add: AddRoute, core: PerfCore) -> None:
             "snakeviz": f"GET {p}/profiles/{{id}}/snakeviz",
             "routes": f"GET {p}/profiles/{{id}}/routes",
             "loop": f"GET {p}/loop ; GET {p}/loop/blocks.{{prof,svg,...}}",
+            "memory": f"GET {p}/memory ; GET {p}/memory/timeline?format=json|csv|svg",
         }
         if "text/html" in request.headers.get("accept", ""):
             rows = "".join(f"<li><code>{v}</code></li>" for v in endpoints.values())

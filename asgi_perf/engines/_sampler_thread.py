@@ -140,8 +140,10 @@ class Sampler:
         self._switch_was = None
 
     def add_hook(self, hook: Hook) -> None:
+        """Call ``hook(now)`` on every tick (once, however often it is added)."""
         with self._lock:
-            self._hooks = (*self._hooks, hook)
+            if hook not in self._hooks:
+                self._hooks = (*self._hooks, hook)
         self._ensure_running()
 
     def remove_hook(self, hook: Hook) -> None:

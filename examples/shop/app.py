@@ -17,11 +17,17 @@ and a yappi profile window shows the time in ``search_products``.
 The endpoints are plain ``def`` functions: sqlite3 blocks, and FastAPI runs
 ``def`` endpoints in its threadpool, as a real service built on a blocking
 driver would.
+
+``SHOP_LEAK=1`` switches on a memory leak on purpose, for the memory tools
+to find: ``GET /products/{product_id}`` keeps a "recently viewed" entry of
+every view (about 4 KB) in a list whose trim never runs. ``asgi-perf leaks``
+names the line; ``/_perf/memory`` calls the timeline "growing".
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sqlite3
 import time
@@ -44,6 +50,9 @@ log = logging.getLogger("uvicorn.error")
 
 MAX_PAGE_SIZE = 100
 _NO_SALT = bytes(16)
+LEAK = os.environ.get("SHOP_LEAK", "") == "1"
+RECENTLY_VIEWED_MAX = 10
+_recently_viewed: list[dict[str, object]] = []
 
 
 class Credentials(BaseModel):
@@ -233,7 +242,19 @@ def get_product(product_id: int, db: DB) -> Product:
     row = db.connection().execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no product {product_id}")
-    return Product(**row)
+    product = Product(**row)
+    if LEAK:
+        _remember_view(product)
+    return product
+
+
+def _remember_view(product: Product) -> None:
+    """The bug SHOP_LEAK=1 switches on: the list is meant to keep the last
+    RECENTLY_VIEWED_MAX views, but the trim compares with the wrong bound."""
+    page = f"<article><h1>{product.name}</h1><p>{product.description}</p></article>"
+    _recently_viewed.append({"id": product.id, "at": time.time(), "page": page * 16})
+    if len(_recently_viewed) > RECENTLY_VIEWED_MAX * 1_000_000:
+        del _recently_viewed[:-RECENTLY_VIEWED_MAX]
 
 
 def _cart_lines(conn: sqlite3.Connection, user_id: int) -> list[CartLine]:
