@@ -6,9 +6,11 @@ holds on to memory.
 
 A snapshot copies every live trace, so on a big heap it takes seconds and
 as much memory again: one baseline is held at most (a new one replaces it),
-and every operation that takes a snapshot runs under one lock, so two
-requests never hold two fresh snapshots at once. Callers on an event loop
-run these methods in a worker thread.
+and every operation runs under one lock, taken without waiting: a call that
+comes while a snapshot is being taken raises ``Busy`` at once, so requests
+never pile up in the threads the app's own sync endpoints run in, and never
+hold two fresh snapshots at once. Callers on an event loop run these
+methods in a worker thread.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import threading
 import time
 import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 GroupBy = Literal["lineno", "filename", "traceback"]
@@ -58,6 +62,15 @@ class NoBaseline(TracingError):
 
     def __init__(self) -> None:
         super().__init__("no baseline to compare with")
+
+
+class Busy(TracingError):
+    """Another call is taking a snapshot; this one did not wait for it."""
+
+    todo = "try again when it is done"
+
+    def __init__(self) -> None:
+        super().__init__("another tracemalloc snapshot is being taken")
 
 
 class Conflict(Exception):
@@ -103,7 +116,7 @@ class LeakFinder:
         """Start tracing with ``frames`` frames per traceback; unchanged if already on."""
         if not 1 <= frames <= self.max_frames:
             raise ValueError(f"frames must be from 1 to {self.max_frames}, got {frames}")
-        with self._lock:
+        with self._turn():
             started = not tracemalloc.is_tracing()
             if started:
                 # A baseline from an earlier tracing session would make all
@@ -120,7 +133,7 @@ class LeakFinder:
                 "tracemalloc was started by the configuration (tracemalloc=True): "
                 "per-request memory needs it, so it is not stopped over HTTP"
             )
-        with self._lock:
+        with self._turn():
             stopped = tracemalloc.is_tracing()
             if stopped:
                 tracemalloc.stop()
@@ -130,7 +143,7 @@ class LeakFinder:
 
     def top(self, n: int, group_by: GroupBy) -> dict[str, Any]:
         """The ``n`` largest allocation sites now, largest first."""
-        with self._lock:
+        with self._turn():
             stats = self._snapshot().statistics(group_by)
             traced, peak = tracemalloc.get_traced_memory()
         return {
@@ -154,7 +167,7 @@ class LeakFinder:
 
     def baseline(self) -> dict[str, Any]:
         """Take the baseline the next diffs compare with; it replaces the last one."""
-        with self._lock:
+        with self._turn():
             # Released first: the old and the new never have to fit at once.
             self._drop_baseline()
             snapshot = self._snapshot()
@@ -170,7 +183,7 @@ class LeakFinder:
 
     def diff(self, n: int, group_by: GroupBy) -> dict[str, Any]:
         """What grew since the baseline: the ``n`` largest growths, largest first."""
-        with self._lock:
+        with self._turn():
             self._require_tracing()
             if self._baseline is None or self._baseline_info is None:
                 raise NoBaseline()
@@ -199,6 +212,15 @@ class LeakFinder:
                 for s in stats[:n]
             ],
         }
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        if not self._lock.acquire(blocking=False):
+            raise Busy()
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _snapshot(self) -> tracemalloc.Snapshot:
         """A filtered snapshot; the lock is held."""
