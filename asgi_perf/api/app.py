@@ -16,6 +16,7 @@ from starlette.responses import Response
 from asgi_perf._types import Receive, Scope, Send
 from asgi_perf.api._http import BadRequest, Handler, error_response
 from asgi_perf.api.gate import Gate
+from asgi_perf.api.memory_trace import add_tracemalloc_routes
 from asgi_perf.api.metrics import add_metrics_routes
 from asgi_perf.api.profiles import add_profile_routes
 from asgi_perf.api.stats import add_stats_routes
@@ -82,4 +83,5 @@ def make_perf_app(core: PerfCore, gate: Gate) -> PerfAPI:
     add_stats_routes(api.add, core)
     add_profile_routes(api.add, core)
     add_metrics_routes(api.add, core)
+    add_tracemalloc_routes(api.add, core.leaks, core.config.prefix)
     return api
