@@ -15,6 +15,7 @@ methods in a worker thread.
 
 from __future__ import annotations
 
+import fnmatch
 import threading
 import time
 import tracemalloc
@@ -35,6 +36,10 @@ _FILTERS = (
     tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
     tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
 )
+# fnmatch compiles each pattern on first use and keeps it: compiled here,
+# before anyone traces, or the first diff would list re's compiler as growth.
+for _filter in _FILTERS:
+    fnmatch.fnmatch("", _filter.filename_pattern)
 
 
 class TracingError(Exception):
