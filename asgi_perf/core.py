@@ -29,6 +29,7 @@ from asgi_perf.engines import WINDOW_ONLY, Engine, check_engine_name
 from asgi_perf.engines.sampler_impl import Sampler, SamplerEngine
 from asgi_perf.labels import OWN, request_frame, route_frame, tag_frame
 from asgi_perf.loop import LoopMonitor
+from asgi_perf.memory.tracing import LeakFinder
 from asgi_perf.memory.watch import ProcessMemory
 from asgi_perf.profiling import PROFILE_ID_KEY, RequestProfiler, engine_for, request_tag
 from asgi_perf.routes import RouteKeys, route_path
@@ -80,6 +81,7 @@ class PerfCore:
         if cfg.enabled and cfg.tracemalloc and not tracemalloc.is_tracing():
             tracemalloc.start()
             self.started_tracemalloc = True
+        self.leaks = LeakFinder(configured=cfg.enabled and cfg.tracemalloc)
         self.store = ProfileStore(
             max_profiles=cfg.max_profiles,
             max_bytes=cfg.max_profile_bytes,

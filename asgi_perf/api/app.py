@@ -17,6 +17,7 @@ from asgi_perf._types import Receive, Scope, Send
 from asgi_perf.api._http import BadRequest, Handler, error_response
 from asgi_perf.api.gate import Gate
 from asgi_perf.api.memory import add_memory_routes
+from asgi_perf.api.memory_trace import add_tracemalloc_routes
 from asgi_perf.api.metrics import add_metrics_routes
 from asgi_perf.api.profiles import add_profile_routes
 from asgi_perf.api.stats import add_stats_routes
@@ -84,4 +85,5 @@ def make_perf_app(core: PerfCore, gate: Gate) -> PerfAPI:
     add_profile_routes(api.add, core)
     add_metrics_routes(api.add, core)
     add_memory_routes(api.add, core)
+    add_tracemalloc_routes(api.add, core.leaks, core.config.prefix)
     return api

@@ -30,6 +30,9 @@ def add_stats_routes(add: AddRoute, core: PerfCore) -> None:
             "routes": f"GET {p}/profiles/{{id}}/routes",
             "loop": f"GET {p}/loop ; GET {p}/loop/blocks.{{prof,svg,...}}",
             "memory": f"GET {p}/memory ; GET {p}/memory/timeline?format=json|csv|svg",
+            "leaks": f"POST {p}/memory/tracemalloc/start?frames=1 ; POST {p}/memory/snapshot ; "
+            f"GET {p}/memory/diff?top=30 ; GET {p}/memory/top?top=30&group_by=lineno ; "
+            f"POST {p}/memory/tracemalloc/stop",
         }
         if "text/html" in request.headers.get("accept", ""):
             rows = "".join(f"<li><code>{v}</code></li>" for v in endpoints.values())
