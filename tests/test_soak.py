@@ -1,4 +1,4 @@
-"""asgi_perf.testing.soak.
+"""asgi_perf.testing.soak and the pytest plugin's ``soak`` fixture.
 
 The apps are real FastAPI apps served in-process; the leak is a real one (a
 module-level list that keeps 10 KB per request). Each soak makes 200
@@ -9,6 +9,7 @@ allocator noise, and the whole soak takes a second or two.
 from __future__ import annotations
 
 import re
+import textwrap
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -172,3 +173,61 @@ def test_options_are_checked_before_any_request(
 async def test_asoak_keeps_the_callers_loop_running(app: FastAPI) -> None:
     result = await asoak(app, "/flat", requests=40, warmup=0, every=5, tracemalloc=False)
     assert result.statuses == {200: 40}
+
+
+# --------------------------------------------------------------------------- the fixture
+
+SOAK_TESTS = """
+from fastapi import FastAPI
+
+HELD = []
+app = FastAPI()
+
+
+@app.get("/flat")
+async def flat():
+    return {"ok": True}
+
+
+@app.get("/leak")
+async def leak():
+    HELD.append(b"x" * 10240)
+    return {"held": len(HELD)}
+
+
+def test_flat(soak):
+    result = soak(app, "/flat", requests=200)
+    assert result.rss.flat
+
+
+def test_leak(soak):
+    soak(app, "/leak", requests=200)
+"""
+
+
+@pytest.mark.slow
+def test_the_fixture_passes_a_flat_app_and_fails_a_leak(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # the short summary lines are not cut
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_soaked=textwrap.dedent(SOAK_TESTS))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_leak _*",
+            "E * rss is growing: +* MB over the 180 requests after the warm-up, *",
+            "E * tracemalloc is growing: *",
+            "E * soak GET /leak: 200 requests (20 of warm-up, a reading every 3) in * s",
+            "E * growing sites (tracemalloc, by line, since the warm-up):",
+            "E * test_soaked.py:14: +1.* MB in +180 blocks",
+            "test_soaked.py:24: AssertionError",
+            "*= PASSES =*",
+            "*Captured asgi_perf call*",
+            "soak GET /flat: 200 requests *",
+            "  rss: flat, *",
+            "PASSED test_soaked.py::test_flat",
+            "FAILED test_soaked.py::test_leak - AssertionError: rss is growing*",
+        ]
+    )
