@@ -1,4 +1,4 @@
-"""The SVG line chart of the memory timeline."""
+"""The SVG line chart of the memory timeline, and the terminal's sparkline and block chart."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from asgi_perf.cli._chart import BLOCKS, sparkline, text_chart
 from asgi_perf.renderers.line_chart import line_chart_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -114,3 +115,46 @@ def test_a_long_series_keeps_each_columns_lowest_and_highest_point() -> None:
     assert len(drawn) <= 2 * (640 - 58 - 14)
     # The spike is still the top of the chart.
     assert min(y for _, y in drawn) == pytest.approx(30, abs=20)
+
+
+# --------------------------------------------------------------------------- terminal
+
+
+def test_sparkline_spans_the_blocks_at_the_width_asked() -> None:
+    line = sparkline(list(range(100)), width=20)
+    assert len(line) == 20
+    assert line[0] == BLOCKS[0] and line[-1] == BLOCKS[-1]
+    assert list(line) == sorted(line)
+    assert sparkline([1, 8], width=4) == BLOCKS[0] * 2 + BLOCKS[-1] * 2
+
+
+def test_sparkline_flat_and_empty() -> None:
+    assert sparkline([5.0] * 30, width=10) == BLOCKS[0] * 10
+    assert sparkline([]) == ""
+    assert sparkline([math.nan]) == ""
+
+
+def test_text_chart_has_height_rows_min_max_and_the_x_range() -> None:
+    xs = [i * 0.5 for i in range(120)]
+    ys = [100 + i * 0.3 for i in range(120)]
+    lines = text_chart(xs, ys, height=6, width=40).splitlines()
+    assert len(lines) == 6 + 2
+    assert lines[0].startswith("135 MB ┤") and lines[5].startswith("100 MB ┤")
+    assert all(line[7] == "│" for line in lines[1:5])
+    assert lines[6] == "       └" + "─" * 40
+    assert lines[7].split() == ["0", "59.5"]
+    assert lines[7].index("0") == 8 and lines[7].endswith("59.5") and len(lines[7]) == 8 + 40
+    # Rising: the top row fills from the right, the bottom row is full.
+    assert lines[0].rstrip().endswith(BLOCKS[-1]) and lines[0][8] == " "
+    assert set(lines[5][8:]) <= set(BLOCKS)
+
+
+def test_text_chart_flat_single_and_empty() -> None:
+    flat = text_chart([0, 1, 2, 3], [5.0] * 4, height=3, width=10, y_label="KB").splitlines()
+    assert flat[-3] == "5 KB ┤" + BLOCKS[0] * 10
+    assert flat[0] == "5 KB ┤" and flat[1] == "     │"
+    one = text_chart([7.0], [3.0], height=2).splitlines()
+    assert one == ["3 MB ┤", "3 MB ┤" + BLOCKS[0], "     └─", "      7"]
+    assert text_chart([], []) == "(no data yet)"
+    with pytest.raises(ValueError, match="2 xs but 1 ys"):
+        text_chart([1, 2], [1])
