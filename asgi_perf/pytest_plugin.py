@@ -7,6 +7,9 @@
   app the test serves with ``perf_app``.
 - ``@pytest.mark.limit_memory("24 MB")`` or the ``memory_budget("24 MB")``
   fixture: a limit on the tracemalloc peak of the test body.
+- ``soak(app, "/path", requests=2000)``: drives ``app`` in-process and fails
+  the test when its RSS or tracemalloc trend grows with the requests
+  (``asgi_perf.testing.soak``); a passing soak's summary goes to the report.
 
 A broken budget or limit fails the test in its call phase, one line per
 violation. Tests that use none of these are left alone.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +41,7 @@ from asgi_perf.units import parse_size_mb
 if TYPE_CHECKING:  # asgi_perf.testing.client needs httpx: imported only by tests that use it
     from asgi_perf.budgets import Budget
     from asgi_perf.testing import BudgetsLike, MemoryBudget, PerfAppFactory, PerfTestClient
+    from asgi_perf.testing.soak import SoakResult
 
 MARKERS = (
     'perf_budget(pattern, **limits) or perf_budget(budgets="perf-budgets.toml"): budgets '
@@ -151,6 +155,24 @@ def memory_budget(request: pytest.FixtureRequest) -> MemoryBudget:
         state.memory_limit_mb = parse_size_mb(size, name="memory_budget")
 
     return limit
+
+
+@pytest.fixture
+def soak(request: pytest.FixtureRequest) -> Callable[..., SoakResult]:
+    """``soak(app, "/path", requests=2000, **options)``: ``asgi_perf.testing.soak.soak``;
+    the summary of a soak that passed goes to the test's report (shown with ``-rP``)."""
+    _need_httpx()
+    from asgi_perf.testing.soak import soak as soak_app
+
+    def run(app: ASGIApp, /, *args: Any, check: bool = True, **options: Any) -> SoakResult:
+        __tracebackhide__ = True
+        result = soak_app(app, *args, check=False, **options)
+        if check:
+            result.check()  # its message ends with the summary: no section to repeat it
+        request.node.add_report_section("call", "asgi_perf", result.summary())
+        return result
+
+    return run
 
 
 def _state(stash: pytest.Stash) -> _TestState:
