@@ -190,8 +190,12 @@ class PerfCore:
         if self.loop is not None:
             self.loop.attach(loop)
         # RSS readings for the requests' starts, and the timeline's points.
+        # With neither the timeline nor the loop monitor the thread is not
+        # started for the readings alone: a request then starts from the
+        # last measured request's reading.
         self.memory.start()
-        self.sampler.add_hook(self.memory.tick)
+        if self.memory.timeline is not None or self.loop is not None:
+            self.sampler.add_hook(self.memory.tick)
         if self.ring is not None:
             self.ring.start()
             # The ring samples for as long as the loop lives, no longer.

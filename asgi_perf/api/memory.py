@@ -16,6 +16,7 @@ from starlette.responses import Response
 from asgi_perf.api._http import SECURITY_HEADERS, AddRoute, BadRequest, json_response
 from asgi_perf.core import PerfCore
 from asgi_perf.memory.timeline import CSV_COLUMNS, Timeline
+from asgi_perf.renderers.line_chart import line_chart_svg
 
 _FORMATS = ("json", "csv", "svg")
 _TOP_ROUTES = 10
@@ -58,8 +59,6 @@ def add_memory_routes(add: AddRoute, core: PerfCore) -> None:
             return _download(found.csv(), "text/csv; charset=utf-8", f"{name}.csv")
         points = found.points()
         if fmt == "svg":
-            from asgi_perf.renderers.line_chart import line_chart_svg
-
             svg = line_chart_svg(
                 [(p.elapsed_s / 60, p.rss_mb) for p in points],
                 title=f"RSS of pid {os.getpid()}",

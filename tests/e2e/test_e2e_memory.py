@@ -123,7 +123,7 @@ async def test_the_timeline_is_bounded_and_served_as_json_csv_and_svg(live_serve
 
 
 async def test_memory_says_now_the_trend_and_the_top_routes(live_server):
-    budgets = {"process": {"max_rss_mb": 100_000, "max_growth_mb_per_h": "100000 MB/h"}}
+    budgets = {"process": {"max_rss_mb": 100_000, "max_growth_mb_per_h": "1000 GB/h"}}
     server = live_server(memory_app(memory_interval_s=0.05, budgets=budgets))
     async with client(server.url) as c:
         for _ in range(2):
