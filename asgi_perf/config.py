@@ -43,7 +43,7 @@ class PerfConfig:
     recent_window_s: int = 60
     # After a route's first min_samples requests, every n-th of its requests
     # has its memory measured.
-    memory_sample_every: int = 16
+    memory_sample_every: int = 64
     # The process timeline (spec 4): a point every memory_interval_s (0: off),
     # the last memory_points kept.
     memory_interval_s: float = 5.0

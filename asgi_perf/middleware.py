@@ -28,7 +28,7 @@ from asgi_perf.stats.store import EXCEPTION, INCOMPLETE
 logger = logging.getLogger("asgi_perf")
 _perf_counter_ns = time.perf_counter_ns
 # Requests per slow turn; well under BATCH, so a batch never grows far past it.
-_TURN = 16
+_TURN = 64
 # memory_start of a request on the fast path, and of one on the slow path
 # with no tracemalloc reading from its start.
 _FAST = -2

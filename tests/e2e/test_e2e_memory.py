@@ -88,8 +88,9 @@ async def test_a_route_that_grows_24_mb_fails_max_mb_8_after_its_first_requests(
     assert verdicts[("GET /grow", "max_mb")]["samples"] == 3
     assert verdicts[("GET /nothing", "max_mb")]["verdict"] == "pass"
     assert report["ok"] is False
-    # A busy route keeps being measured after its first requests.
-    assert routes["GET /other/{n}"]["memory_mb"]["samples"] >= 20 + 10
+    # A busy route keeps being measured after its first 20 requests: every
+    # 64th (memory_sample_every) of the other 280.
+    assert routes["GET /other/{n}"]["memory_mb"]["samples"] >= 20 + 280 // 64 - 1
 
 
 async def test_the_timeline_is_bounded_and_served_as_json_csv_and_svg(live_server):
@@ -178,7 +179,7 @@ async def test_a_flat_app_is_not_growing(live_server):
         while time.monotonic() < deadline:
             await asyncio.gather(*(c.get(f"/other/{i}") for i in range(20)))
         data = await get_json(c, "/_perf/memory")
-    assert data["points"] >= 30
+    assert data["points"] >= 10
     assert data["trend"] == "flat", data["reason"]
 
 
