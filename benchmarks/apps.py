@@ -22,7 +22,7 @@ from asgi_perf._types import ASGIApp, Receive, Scope, Send
 
 VARIANTS = ("bare", "asgi_perf", "clock", "prometheus")
 PATHS = ("/", "/items/42")
-APPS = ("trivial", "shop", "attribution")
+APPS = ("trivial", "shop", "attribution", "leaky")
 # Bound once, as asgi_perf does, so the floor is not raised by an attribute lookup.
 _perf_counter_ns = time.perf_counter_ns
 
@@ -58,6 +58,23 @@ def bare_app() -> FastAPI:
     @app.get("/items/{item_id}")
     async def item(item_id: int) -> dict[str, int]:
         return {"id": item_id}
+
+    return app
+
+
+# What GET /leak keeps per request (BENCH_LEAK_BYTES): 1 MB per 100 requests.
+_KEPT: list[bytes] = []
+
+
+def leaky_app() -> FastAPI:
+    """The trivial app plus ``GET /leak``, which keeps ``BENCH_LEAK_BYTES`` a request."""
+    app = bare_app()
+    size = int(os.environ.get("BENCH_LEAK_BYTES", str(10 * 1024)))
+
+    @app.get("/leak")
+    async def leak() -> dict[str, int]:
+        _KEPT.append(b"\x01" * size)
+        return {"kept": len(_KEPT)}
 
     return app
 
@@ -102,6 +119,8 @@ def _inner_app(name: str) -> FastAPI:
         from benchmarks.shop import shop_app
 
         return shop_app()
+    if name == "leaky":
+        return leaky_app()
     if name == "attribution":
         from benchmarks.attribution import attribution_app
 

@@ -4,9 +4,11 @@ One uvicorn server per variant (the helpers of ``wrk_throughput.py``), all
 running for the whole run:
 
     bare                 the app without asgi_perf
-    base                 PerfMiddleware(loop_monitor=False): timing only, the
-                         reference for the features below
-    loop_monitor         PerfMiddleware() defaults (the loop monitor on)
+    base                 PerfMiddleware(loop_monitor=False, memory_interval_s=0):
+                         timing only, the reference for the features below
+    loop_monitor         the loop monitor alone (memory_interval_s=0)
+    memory_timeline      the memory timeline alone (loop_monitor=False), issue #11
+    defaults             PerfMiddleware() defaults (loop monitor and timeline)
     sampler_window       base, measured inside a sampler window (100 Hz)
     continuous           PerfMiddleware(continuous=True, loop_monitor=False)
     sample_rate_0.01     PerfMiddleware(sample_rate=0.01, loop_monitor=False)
@@ -93,13 +95,15 @@ class Variant:
     target_cpu_pct: float | None = None
 
 
-_BASE_OPTIONS: dict[str, Any] = {"loop_monitor": False}
+_BASE_OPTIONS: dict[str, Any] = {"loop_monitor": False, "memory_interval_s": 0}
 VARIANTS = {
     v.name: v
     for v in (
         Variant(BARE, None),
         Variant(BASE, _BASE_OPTIONS),
-        Variant("loop_monitor", {}, target_loss_pct=0.5),
+        Variant("loop_monitor", {"memory_interval_s": 0}, target_loss_pct=0.5),
+        Variant("memory_timeline", {"loop_monitor": False}, target_cpu_pct=0.5),
+        Variant("defaults", {}),
         Variant(
             "sampler_window", _BASE_OPTIONS, "sampler", target_loss_pct=2.0, target_cpu_pct=2.0
         ),

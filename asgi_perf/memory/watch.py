@@ -42,6 +42,8 @@ class ProcessMemory:
             self.timeline = Timeline(interval_s, max_points, requests, on_error)
         self._on_error = on_error
         self._trend: tuple[tuple[int, float], Trend] | None = None
+        self.cpu_s = 0.0
+        self._started = time.monotonic()
         # A server that sends no lifespan events starts the thread only at
         # the end of its first request: this reading is the one before it.
         self.history.note(_perf_counter_ns(), read_rss())
@@ -52,12 +54,16 @@ class ProcessMemory:
 
     def tick(self, now: float) -> None:
         """On the background thread, every tick (about 50 a second)."""
+        cpu = time.thread_time()
         try:
             self.history.note(_perf_counter_ns(), read_rss())
         except OSError as exc:
             self._on_error("memory", exc)
         if self.timeline is not None:
             self.timeline.tick(now)
+        # What the readings and points cost the thread (its wake-ups are
+        # the loop monitor's, or the sampler's, and counted there).
+        self.cpu_s += time.thread_time() - cpu
 
     def trend(self) -> Trend | None:
         """The timeline's trend, computed once per new point."""
@@ -100,6 +106,9 @@ class ProcessMemory:
             "pid": os.getpid(),
             "now": now,
             "timeline": None if timeline is None else timeline.stats(),
+            # CPU of the RSS readings and timeline points, per second alive.
+            "cpu_s": round(self.cpu_s, 4),
+            "cpu_share": round(self.cpu_s / max(time.monotonic() - self._started, 1e-9), 6),
         }
         if found is not None and timeline is not None:
             out.update(found.to_json())
