@@ -43,6 +43,7 @@ from asgi_perf.workers import Workers, server_directory
 logger = logging.getLogger("asgi_perf")
 
 T = TypeVar("T")
+READINGS_INTERVAL_S = 0.1
 
 MEMORY_NOTE = (
     "per-request memory is the growth of process RSS since the last reading "
@@ -195,7 +196,9 @@ class PerfCore:
         # last measured request's reading.
         self.memory.start()
         if self.memory.timeline is not None or self.loop is not None:
-            self.sampler.add_hook(self.memory.tick)
+            # Ten readings a second are enough for the requests' starts; the
+            # loop monitor, when on, ticks the thread more often anyway.
+            self.sampler.add_hook(self.memory.tick, READINGS_INTERVAL_S)
         if self.ring is not None:
             self.ring.start()
             # The ring samples for as long as the loop lives, no longer.

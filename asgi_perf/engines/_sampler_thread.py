@@ -82,6 +82,10 @@ class Sampler:
         self._lock = threading.Lock()
         self._sinks: tuple[Sink, ...] = ()
         self._hooks: tuple[Hook, ...] = ()
+        # The longest a hook may wait between calls; with no sink the thread
+        # ticks at the shortest of them.
+        self._hook_intervals: dict[Hook, float] = {}
+        self._hook_interval_s = idle_interval_s
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._switch_was: float | None = None
@@ -139,16 +143,23 @@ class Sampler:
             sys.setswitchinterval(self._switch_was)
         self._switch_was = None
 
-    def add_hook(self, hook: Hook) -> None:
-        """Call ``hook(now)`` on every tick (once, however often it is added)."""
+    def add_hook(self, hook: Hook, interval_s: float | None = None) -> None:
+        """Call ``hook(now)`` on every tick, at least every ``interval_s``
+        (default: the idle interval); once, however often it is added."""
         with self._lock:
             if hook not in self._hooks:
                 self._hooks = (*self._hooks, hook)
+            self._hook_intervals[hook] = interval_s or self._idle_interval_s
+            self._hook_interval_s = min(self._hook_intervals.values())
         self._ensure_running()
 
     def remove_hook(self, hook: Hook) -> None:
         with self._lock:
             self._hooks = tuple(h for h in self._hooks if h != hook)
+            self._hook_intervals.pop(hook, None)
+            self._hook_interval_s = min(
+                self._hook_intervals.values(), default=self._idle_interval_s
+            )
 
     def stop(self) -> None:
         """End the thread (at shutdown); sinks and hooks are dropped."""
@@ -158,6 +169,7 @@ class Sampler:
             self._sinks = ()
             self.active = False
             self._hooks = ()
+            self._hook_intervals.clear()
             thread = self._thread
         self._wake.set()
         if thread is not None and thread is not threading.current_thread():
@@ -201,7 +213,7 @@ class Sampler:
                         self._thread = None
                         return
                 continue
-            interval = max(base, cost / self.max_cpu) if sinks else self._idle_interval_s
+            interval = max(base, cost / self.max_cpu) if sinks else self._hook_interval_s
             self.interval_s = interval if sinks else self.interval_s
             if self._wake.wait(interval):
                 self._wake.clear()

@@ -53,7 +53,7 @@ class ProcessMemory:
         self.tick(time.perf_counter())
 
     def tick(self, now: float) -> None:
-        """On the background thread, every tick (about 50 a second)."""
+        """On the background thread, every tick (10 to 50 a second)."""
         cpu = time.thread_time()
         try:
             self.history.note(_perf_counter_ns(), read_rss())
