@@ -73,8 +73,8 @@ def test_a_leaking_route_fails_naming_its_line(app: FastAPI) -> None:
     with pytest.raises(AssertionError) as raised:
         soak(app, "/leak", requests=REQUESTS)
     message = str(raised.value)
-    assert message.startswith("rss is growing: +")
-    assert "tracemalloc is growing: +" in message
+    # Not RSS: after other tests the leak may fill memory the process freed before.
+    assert "tracemalloc is growing: +1." in message
     assert "MB per 1000 requests" in message
     # 10 KB a request: 10 MB per 1000 requests, give or take the list and the allocator.
     sites = message.split("growing sites (tracemalloc, by line, since the warm-up):\n")[1]
@@ -92,10 +92,11 @@ def test_a_leak_measured_without_check(app: FastAPI) -> None:
     assert [p.requests for p in result.points] == list(range(20, 201, 3))
     assert result.statuses == {200: REQUESTS}
     assert result.traced is not None
-    assert not result.rss.flat and not result.traced.flat
+    assert not result.traced.flat
+    assert result.rss.per_1000_mb < 12.0  # at most the leak, if the heap had no room for it
     assert 8.0 < result.traced.per_1000_mb < 12.0
     assert 1.5 < result.traced.growth_mb < 2.2
-    assert len(result.problems()) == 2
+    assert "tracemalloc is growing: +" in "\n".join(result.problems())
     assert "tracemalloc: growing, +" in result.summary()
 
 
@@ -217,8 +218,7 @@ def test_the_fixture_passes_a_flat_app_and_fails_a_leak(
     result.stdout.fnmatch_lines(
         [
             "*_ test_leak _*",
-            "E * rss is growing: +* MB over the 180 requests after the warm-up, *",
-            "E * tracemalloc is growing: *",
+            "E * tracemalloc is growing: +* MB over the 180 requests after the warm-up, *",
             "E * soak GET /leak: 200 requests (20 of warm-up, a reading every 3) in * s",
             "E * growing sites (tracemalloc, by line, since the warm-up):",
             "E * test_soaked.py:14: +1.* MB in +180 blocks",
@@ -228,6 +228,6 @@ def test_the_fixture_passes_a_flat_app_and_fails_a_leak(
             "soak GET /flat: 200 requests *",
             "  rss: flat, *",
             "PASSED test_soaked.py::test_flat",
-            "FAILED test_soaked.py::test_leak - AssertionError: rss is growing*",
+            "FAILED test_soaked.py::test_leak - AssertionError: *is growing*",
         ]
     )

@@ -4,9 +4,10 @@
 included) on ``PerfTestClient``'s transport, reads the process RSS and the
 tracemalloc traced size every ``every`` requests after a warm-up, and judges
 each series with ``asgi_perf.memory.trend``, the requests done as its x: a
-leak grows with the requests served, not with the time they took. ``soak``
-blocks its caller (the app has a loop thread of its own, so an async test may
-call it too); ``asoak`` runs it in a worker thread. Needs httpx.
+leak grows with the requests served, not with the time they took. RSS grows
+only once the memory the process freed before is reused (a long test run has
+plenty): the traced size is the sharper of the two. ``soak`` blocks its caller
+(the app has a loop thread of its own); ``asoak`` runs it in a worker thread.
 """
 
 from __future__ import annotations
@@ -152,9 +153,8 @@ def soak(
     not judged; then RSS and the traced size (``tracemalloc``: started for the
     soak if off) are read every ``every`` requests (default: 50 readings),
     each after a full collection. ``max_growth_mb`` (MB, or ``"5 MB"``) limits
-    either series' fitted growth. ``check=False`` only returns the result. A
-    status >= 400 raises at once unless ``allow_errors``: a mistyped path
-    would soak a 404 page.
+    either series' fitted growth; ``check=False`` only returns the result. A
+    status >= 400 raises unless ``allow_errors``: no soaking a 404 page.
     """
     __tracebackhide__ = True  # pytest shows the test's line, not this one
     warmup, every = _plan(requests, warmup, every)
