@@ -201,8 +201,9 @@ class PerfCore:
             self.sampler.add_hook(self.memory.tick, READINGS_INTERVAL_S)
         if self.ring is not None:
             self.ring.start()
-            # The ring samples for as long as the loop lives, no longer.
-            self.sampler.add_hook(self._watch_loop)
+        # The thread serves the loop for as long as the loop lives, no longer
+        # (an app built per test must not leave a thread behind).
+        self.sampler.add_hook(self._watch_loop, READINGS_INTERVAL_S)
 
     def _watch_loop(self, now: float) -> None:
         """On the sampler's thread: stop sampling once the loop is gone."""
