@@ -147,6 +147,30 @@ class PerfClient:
         """``GET {prefix}/profiles/{ref}``: metadata of an id, ``latest`` or ``slowest``."""
         return self._json("GET", f"/profiles/{quote(ref, safe='')}", params=_params(route=route))
 
+    def memory(self) -> dict[str, Any]:
+        """``GET {prefix}/memory``: now, the leak slope and its verdict, routes, budgets."""
+        return self._json("GET", "/memory")
+
+    def memory_timeline(self) -> dict[str, Any]:
+        """``GET {prefix}/memory/timeline``: every point kept (409 when the timeline is off)."""
+        return self._json("GET", "/memory/timeline", params={"format": "json"})
+
+    def tracemalloc_start(self, frames: int) -> dict[str, Any]:
+        """``POST {prefix}/memory/tracemalloc/start``; ``started`` says whether this call did."""
+        return self._json("POST", "/memory/tracemalloc/start", params=_params(frames=frames))
+
+    def tracemalloc_stop(self) -> dict[str, Any]:
+        """``POST {prefix}/memory/tracemalloc/stop``."""
+        return self._json("POST", "/memory/tracemalloc/stop")
+
+    def memory_baseline(self) -> dict[str, Any]:
+        """``POST {prefix}/memory/snapshot``: the baseline the next diff compares with."""
+        return self._json("POST", "/memory/snapshot")
+
+    def memory_diff(self, top: int, group_by: str) -> dict[str, Any]:
+        """``GET {prefix}/memory/diff``: what grew since the baseline, largest first."""
+        return self._json("GET", "/memory/diff", params=_params(top=top, group_by=group_by))
+
     # ----------------------------------------------------------------- downloads
 
     def profile(

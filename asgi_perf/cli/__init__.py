@@ -1,11 +1,11 @@
 """``asgi-perf``: the command line for an app wrapped by asgi_perf, and for its files.
 
-Talks to a running app (``stats``, ``profile``, ``fetch``, ``view``, ``check``)
-and works on saved files (``check``, ``diff``, ``flamegraph``, ``merge``).
-Every error is one line on stderr (``asgi-perf: error: ...``) and a non-zero
-exit: 1 a budget failed or a regression passed its threshold, 2 bad usage
-or an unusable file, 3 the app could not be reached or answered an error,
-130 interrupted.
+Talks to a running app (``stats``, ``profile``, ``fetch``, ``view``, ``check``,
+and for memory ``memory``, ``soak``, ``leaks``) and works on saved files
+(``check``, ``diff``, ``flamegraph``, ``merge``). Every error is one line on
+stderr (``asgi-perf: error: ...``) and a non-zero exit: 1 a budget failed, a
+regression passed its threshold or a soak grew, 2 bad usage or an unusable
+file, 3 the app could not be reached or answered an error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="asgi-perf",
         description="Stats, budgets and profiles of an ASGI app wrapped by asgi_perf.",
-        epilog="Exit codes: 0 ok, 1 budget failed or regression, 2 bad usage or file, "
+        epilog="Exit codes: 0 ok, 1 budget failed, regression or soak grew, 2 bad usage or file, "
         "3 app unreachable or HTTP error, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"asgi-perf {_version()}")
@@ -138,6 +138,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--junit", metavar="FILE", help="also write the verdicts as JUnit XML")
     p.add_argument("--min-samples", type=_non_negative_int, metavar="N")
+
+    p = command("memory", "memory:cmd_memory", "memory now, its trend, the timeline as a chart")
+    p.epilog = (
+        "Prints RSS, VMS, USS, fds, threads and connections now, the leak slope in MB/h "
+        "and its verdict, peak RSS, process budgets, the routes that grew most, "
+        "tracemalloc's state and the RSS of the timeline (app: memory_interval_s > 0)."
+    )
+    p.add_argument("url", metavar="URL", help="the app, e.g. http://127.0.0.1:8000")
+    p.add_argument("--json", action="store_true", help="print GET /memory as is")
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C (which exits 0)")
+    p.add_argument("--interval", type=float, metavar="S", help="with --watch: seconds (2)")
+    p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N refreshes")
+
+    p = command("soak", "memory_load:cmd_soak", "sample memory while your load runs; judge it")
+    p.epilog = (
+        "Polls GET /memory every --interval seconds, writes each point to --csv at once, "
+        "then prints the slope (least squares after a warm-up), the trend and the growth. "
+        "Exit 1 when the slope is over --max-growth; without it, when the trend is "
+        '"growing". Ctrl-C ends early: the result of the points taken, exit 130.'
+    )
+    p.add_argument("url", metavar="URL", help="the app, e.g. http://127.0.0.1:8000")
+    p.add_argument("--minutes", type=float, required=True, metavar="N", help="how long (0.5 too)")
+    p.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds (%(default)s)")
+    p.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="every point as it comes: elapsed_min,rss_mb,vms_mb,connections, then the rest",
+    )
+    p.add_argument(
+        "--max-growth", metavar="MB_PER_H", help='the slope allowed, e.g. "10 MB/h" or 10'
+    )
+
+    p = command("leaks", "memory_load:cmd_leaks", "what grew while your load ran (tracemalloc)")
+    p.epilog = (
+        "Starts tracemalloc if it is off (and stops it at the end), takes a baseline, "
+        "waits --seconds while your load runs, then lists the sites that grew most."
+    )
+    p.add_argument("url", metavar="URL", help="the app, e.g. http://127.0.0.1:8000")
+    p.add_argument("--seconds", type=float, required=True, metavar="N", help="how long to wait")
+    p.add_argument("--top", type=int, default=20, metavar="K", help="sites shown (%(default)s)")
+    p.add_argument(
+        "--group-by",
+        choices=("lineno", "filename", "traceback"),
+        default="lineno",
+        help="one site per line, per file, or per call path (%(default)s)",
+    )
+    p.add_argument(
+        "--frames",
+        type=int,
+        metavar="F",
+        help="frames traced if tracing is off (1; 10 with --group-by traceback)",
+    )
 
     from asgi_perf.cli.diff import THRESHOLD_METRICS, parse_threshold
 
