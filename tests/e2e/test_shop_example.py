@@ -338,3 +338,25 @@ def test_the_locustfile_drives_every_route_without_failures(
     # search is fast, but a few seconds of load on a busy machine can still
     # push a route past its limit.
     assert done.returncode in (0, 1), output
+
+
+async def test_the_shop_leak_is_named_by_the_leak_finder(shop, monkeypatch):
+    """SHOP_LEAK=1: the README's walkthrough finds the line that keeps every view."""
+    monkeypatch.setenv("SHOP_LEAK", "1")
+    source = Path(shop_app.__file__).read_text().splitlines()
+    leaking = next(i for i, text in enumerate(source, 1) if "_recently_viewed.append(" in text)
+    try:
+        async with client(shop) as http:
+            started = await http.post("/_perf/memory/tracemalloc/start", params={"frames": 1})
+            assert started.status_code == 200, started.text
+            assert (await http.post("/_perf/memory/snapshot")).status_code == 200
+            for i in range(300):
+                assert (await http.get(f"/products/{i % SMALL_CATALOG + 1}")).status_code == 200
+            diff = (await http.get("/_perf/memory/diff", params={"top": 5})).json()
+            await http.post("/_perf/memory/tracemalloc/stop")
+    finally:
+        shop_app._recently_viewed.clear()
+    first = diff["stats"][0]
+    assert first["file"].endswith(os.path.join("examples", "shop", "app.py"))
+    assert first["line"] == leaking
+    assert first["count_diff"] >= 300
