@@ -31,6 +31,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from asgi_perf import PerfMiddleware
+from asgi_perf.cli import main
 
 # The pytest plugin of asgi_perf is tested by running pytest on small test files.
 pytest_plugins = ("pytester",)
@@ -106,6 +107,19 @@ class LiveServer:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """``cli("stats", url)`` -> (exit code, stdout, stderr) of ``asgi-perf``, run in-process."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ import httpx
 import pytest
 
 from asgi_perf.capture import Capture
-from asgi_perf.cli import main
 from asgi_perf.stats.histogram import Histogram
 
 BUDGETS = {
@@ -47,19 +46,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # A token or prefix from the developer's shell must not change the tests.
     for name in ENV_TO_CLEAR:
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Run:
-    """``cli("stats", url)`` -> (exit code, stdout, stderr), run in-process."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def cli_env(**extra: str) -> dict[str, str]:

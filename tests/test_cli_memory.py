@@ -31,7 +31,6 @@ from fastapi import FastAPI
 from helpers import closed_port
 
 from asgi_perf import PerfMiddleware
-from asgi_perf.cli import main
 from asgi_perf.cli.memory_load import leaks_view
 
 ENV_TO_CLEAR = ("ASGI_PERF_TOKEN", "ASGI_PERF_PREFIX", "FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS")
@@ -87,19 +86,6 @@ def _clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _LEAK.clear()
     if tracemalloc.is_tracing():
         tracemalloc.stop()
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Run:
-    """``cli("memory", url)`` -> (exit code, stdout, stderr), run in-process."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def assert_one_line_error(err: str, *fragments: str) -> None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pstats
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 from typing import Any, TypeGuard, cast
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from asgi_perf.capture import PstatsDict
@@ -191,3 +194,32 @@ def verdict_text(verdict: Any) -> Text:
     if not isinstance(verdict, str):
         return Text("-", style="dim")
     return Text(verdict, style=VERDICT_STYLE.get(verdict, ""))
+
+
+Update = Callable[[float, str | None], None]
+
+
+@contextlib.contextmanager
+def progress(io: IO, description: str, total_s: float) -> Iterator[Update]:
+    """A bar while a command waits ``total_s``; yields ``update(elapsed_s, description)``."""
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+        TimeElapsedColumn(),
+    )
+    # A bar only on a terminal (a log gets nothing, not even a stray newline),
+    # and transient: once done it is gone, so an error stays the only line.
+    live = io.err.is_terminal
+    with Progress(*columns, console=io.err, transient=True, disable=not live) as bar:
+        task = bar.add_task(description, total=total_s)
+
+        def update(elapsed_s: float, text: str | None = None) -> None:
+            done = min(elapsed_s, total_s)
+            if text is None:
+                bar.update(task, completed=done)
+            else:
+                bar.update(task, completed=done, description=text)
+
+        yield update

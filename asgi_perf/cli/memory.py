@@ -9,28 +9,31 @@ terminal; ``--watch`` redraws it. Also the pieces ``soak`` and ``leaks``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from asgi_perf.cli._chart import text_chart
-from asgi_perf.cli._common import IO, CLIError, client_for, fmt_number, is_number, verdict_text
+from asgi_perf.cli._common import (
+    IO,
+    CLIError,
+    Update,
+    client_for,
+    fmt_number,
+    is_number,
+    verdict_text,
+)
 from asgi_perf.cli._exit import EXIT_OK
 from asgi_perf.client import PerfClient, PerfClientError
 from asgi_perf.units import number_text
 
 _WATCH_S = 2.0
 _POLL_S = 0.1
-
-Update = Callable[[float, str | None], None]
 
 
 # --------------------------------------------------------------------------- shared
@@ -53,31 +56,6 @@ def signed_mb(value: Any, unit: str = "MB") -> str:
     # A flat fit's slope is a float's noise (1e-26): shown as the 0 it is.
     value = round(value, 3) + 0.0
     return f"{'+' if value >= 0 else ''}{number_text(value)} {unit}"
-
-
-@contextlib.contextmanager
-def progress(io: IO, description: str, total_s: float) -> Iterator[Update]:
-    """The bar ``profile`` shows while it waits; yields ``update(elapsed_s, description)``."""
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
-        TimeElapsedColumn(),
-    )
-    # Only on a terminal, and transient, like profile's: a log gets nothing.
-    live = io.err.is_terminal
-    with Progress(*columns, console=io.err, transient=True, disable=not live) as bar:
-        task = bar.add_task(description, total=total_s)
-
-        def update(elapsed_s: float, text: str | None = None) -> None:
-            done = min(elapsed_s, total_s)
-            if text is None:
-                bar.update(task, completed=done)
-            else:
-                bar.update(task, completed=done, description=text)
-
-        yield update
 
 
 def wait_until(deadline: float, start: float, update: Update) -> None:

@@ -22,9 +22,17 @@ from rich.table import Table
 from rich.text import Text
 
 from asgi_perf.cli._chart import sparkline
-from asgi_perf.cli._common import IO, CLIError, client_for, fmt_number, is_number, say_saved
+from asgi_perf.cli._common import (
+    IO,
+    CLIError,
+    client_for,
+    fmt_number,
+    is_number,
+    progress,
+    say_saved,
+)
 from asgi_perf.cli._exit import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from asgi_perf.cli.memory import mb, positive, progress, signed_mb, trend_text, wait_until
+from asgi_perf.cli.memory import mb, positive, signed_mb, trend_text, wait_until
 from asgi_perf.client import PerfClientError
 from asgi_perf.errors import ConfigError
 from asgi_perf.memory.timeline import CSV_COLUMNS

@@ -8,7 +8,6 @@ import sys
 import time
 from typing import Any
 
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -20,6 +19,7 @@ from asgi_perf.cli._common import (
     fmt_ms,
     fmt_number,
     format_for,
+    progress,
     verdict_text,
     write_output,
 )
@@ -167,25 +167,12 @@ def _profiles(
     if args.last is not None:
         # The recent past is already recorded: nothing to wait for.
         return each.wait()
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
-        TimeElapsedColumn(),
-    )
     what = instances[0].base_url if len(instances) == 1 else f"{len(instances)} instances"
-    # A bar only on a terminal (a log gets nothing, not even a stray newline),
-    # and transient: once done it is gone, so an error stays the only line.
-    live = io.err.is_terminal
-    with Progress(*columns, console=io.err, transient=True, disable=not live) as progress:
-        task = progress.add_task(f"profiling {what}", total=args.seconds)
+    with progress(io, f"profiling {what}", args.seconds) as update:
         start = time.monotonic()
         while not each.done():
             elapsed = time.monotonic() - start
-            progress.update(task, completed=min(elapsed, args.seconds))
-            if elapsed >= args.seconds:
-                progress.update(task, description="rendering and downloading")
+            update(elapsed, "rendering and downloading" if elapsed >= args.seconds else None)
             each.wait_changed(_POLL_S)
     return each.results()
 
