@@ -35,7 +35,7 @@ from asgi_perf.cli.memory_load import leaks_view
 
 ENV_TO_CLEAR = ("ASGI_PERF_TOKEN", "ASGI_PERF_PREFIX", "FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS")
 SEED_COLUMNS = ["elapsed_min", "rss_mb", "vms_mb", "connections"]
-BLOCK = 100_000
+BLOCK = 1_000_000  # a request leaks 1 MB: a slow machine still grows fast
 _LEAK: list[bytes] = []
 
 Run = Callable[..., tuple[int, str, str]]
@@ -110,7 +110,7 @@ def server(live_server: Any) -> Callable[..., tuple[str, PerfMiddleware]]:
 
 @pytest.fixture
 def load() -> Iterator[Callable[[str, str], None]]:
-    """``load(url, path)``: requests in a loop, a few ms apart, until the test ends.
+    """``load(url, path)``: requests in a loop, 20 ms apart, until the test ends.
 
     Returns once a few have been answered: on a busy machine a thread can
     take a second to get going, and a window that opens before the load
@@ -127,7 +127,7 @@ def load() -> Iterator[Callable[[str, str], None]]:
                 while not stop.is_set():
                     client.get(path).raise_for_status()
                     answered.release()
-                    stop.wait(0.005)
+                    stop.wait(0.02)  # 50 a second at most: 1 MB each on /leak
 
         thread = threading.Thread(target=loop, daemon=True)
         threads.append(thread)
