@@ -709,7 +709,8 @@ async def test_every_format_downloads_for_every_engine(engine, fmt, client_for, 
     mw = perf(engine=engine)
     async with client_for(mw) as client:
         pid = await profiled(client, "/alpha")
-        response = await client.get(f"/_perf/profiles/{pid}.{fmt}")
+        # .svg and .html open in place by default (tests/test_inline_profiles.py).
+        response = await client.get(f"/_perf/profiles/{pid}.{fmt}", params={"download": "1"})
     if fmt == "html" and engine != "pyinstrument" and response.status_code != 200:
         # pyinstrument's viewer may refuse a capture without a pyinstrument session.
         assert_json_error(response)

@@ -1,7 +1,9 @@
 """What the profile and window endpoints share: finding a profile, sending a file.
 
 Formats come from ``asgi_perf.renderers``: headers are derived from each
-renderer's attributes, never from the format's name.
+renderer's attributes, never from the format's name. A document a browser
+shows (HTML, SVG) opens in place, under a policy that runs only its own
+scripts; every other file, and any with ``?download=1``, is an attachment.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from asgi_perf.api._csp import document_policy
 from asgi_perf.api._http import SECURITY_HEADERS, BadRequest, query_bool
 from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.labels import NotAttributed, view
@@ -19,6 +22,8 @@ from asgi_perf.renderers import RENDERERS, NotRenderable, Renderer
 from asgi_perf.storage import ID_RE, ProfileStore, route_slug
 
 _ALIASES = ("latest", "slowest")
+# Media types a browser displays rather than saves: these open in place.
+_VIEWABLE = frozenset({"text/html", "image/svg+xml"})
 
 
 class Downloads:
@@ -32,6 +37,7 @@ class Downloads:
         base = f"{self.prefix}/profiles/{profile_id}"
         out = {fmt: f"{base}{r.file_extension}" for fmt, r in RENDERERS.items()}
         out["snakeviz"] = f"{base}/snakeviz"
+        out["speedscope"] = f"{base}/speedscope"
         out["routes"] = f"{base}/routes"
         return out
 
@@ -56,6 +62,16 @@ class Downloads:
             raise BadRequest(404, f"no profile {ref} (evicted, or never stored)") from None
         return ref
 
+    async def render(self, capture: Capture, r: Renderer, cached: str | None) -> bytes:
+        """``capture`` as ``r``'s bytes; ``cached``: the stored profile it is, rendered once."""
+        # A long window takes a while to render: not on the event loop.
+        try:
+            if cached:
+                return await run_in_threadpool(self.store.rendered, cached, r.format, r.render)
+            return await run_in_threadpool(r.render, capture)
+        except NotRenderable as exc:
+            raise BadRequest(400, str(exc), parameter="format") from None
+
     async def send(
         self,
         capture: Capture,
@@ -64,38 +80,50 @@ class Downloads:
         cached: str | None,
         *,
         profile_id: str | None = None,
+        inline: bool = False,
     ) -> Response:
-        """``capture`` rendered by ``r``, as an attachment called ``name``.
+        """``capture`` rendered by ``r``, as a file called ``name``.
 
         ``cached``: the id of the stored profile ``capture`` is, whose render
         the store caches; ``profile_id`` names a view of one in the headers.
+        ``inline``: shown in the browser (see :func:`opens_in_place`), not saved.
         """
         profile_id = cached or profile_id
-        # A long window takes a while to render: not on the event loop.
-        try:
-            if cached:
-                body = await run_in_threadpool(self.store.rendered, cached, r.format, r.render)
-            else:
-                body = await run_in_threadpool(r.render, capture)
-        except NotRenderable as exc:
-            raise BadRequest(400, str(exc), parameter="format") from None
-        headers = {
-            **SECURITY_HEADERS,
-            "Content-Disposition": f'attachment; filename="{name}{r.file_extension}"',
-        }
+        body = await self.render(capture, r, cached)
+        filename = f"{name}{r.file_extension}"
+        headers = {**SECURITY_HEADERS}
+        if inline:
+            headers["Content-Disposition"] = f'inline; filename="{filename}"'
+            # Hashing a multi-megabyte page is not work for the event loop either.
+            headers["Content-Security-Policy"] = await run_in_threadpool(
+                document_policy, body, r.media_type
+            )
+        else:
+            headers["Content-Disposition"] = f'attachment; filename="{filename}"'
         if profile_id:
             headers["X-Perf-Profile-Id"] = profile_id
         return Response(body, media_type=r.media_type, headers=headers)
 
-    async def send_stored(self, profile_id: str, r: Renderer, request: Request) -> Response:
+    async def send_stored(
+        self, profile_id: str, r: Renderer, request: Request, *, inline: bool = False
+    ) -> Response:
         """A stored profile, or the view of it ``route=`` and ``idle=`` ask for."""
         meta = self.store.meta(profile_id)
         capture = self.store.get(profile_id)
         viewed = view_of(capture, request, profile_id)
+        name = download_name(meta)
         if viewed is capture:
             # The whole profile: rendered once, then served from the cache.
-            return await self.send(capture, r, download_name(meta), profile_id)
-        return await self.send(viewed, r, download_name(meta), None, profile_id=profile_id)
+            return await self.send(capture, r, name, profile_id, inline=inline)
+        return await self.send(viewed, r, name, None, profile_id=profile_id, inline=inline)
+
+
+def opens_in_place(request: Request, r: Renderer) -> bool:
+    """Whether ``r``'s file is shown in the browser: a document, and no ``?download=1``."""
+    # Checked for every format, so download=maybe is a 400 wherever it is sent.
+    download = query_bool(request, "download")
+    essence = r.media_type.partition(";")[0].strip().lower()
+    return essence in _VIEWABLE and not download
 
 
 def view_of(capture: Capture, request: Request, what: str) -> Capture:

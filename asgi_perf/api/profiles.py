@@ -1,4 +1,8 @@
-"""The profile store over HTTP: lists, downloads in every format, merges, snakeviz."""
+"""The profile store over HTTP: lists, files in every format, merges, viewers.
+
+Documents (``.svg``, ``.html``) open in place and ``?download=1`` saves
+them; snakeviz and speedscope are pages of the app, under the prefix.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from asgi_perf.api._downloads import Downloads, download_name, renderer, view_of
+from asgi_perf.api._downloads import Downloads, download_name, opens_in_place, renderer, view_of
 from asgi_perf.api._http import AddRoute, BadRequest, json_response, parse_int, query_bool
 from asgi_perf.api.loop import add_loop_routes
 from asgi_perf.api.snakeviz import snakeviz_page, snakeviz_static
+from asgi_perf.api.speedscope import speedscope_page, speedscope_static
 from asgi_perf.api.windows import add_window_routes
 from asgi_perf.capture import PROFILE_KINDS, Capture, ProfileMeta, combine
 from asgi_perf.core import PerfCore
@@ -24,7 +29,8 @@ _MAX_IDS = 100
 
 def add_profile_routes(add: AddRoute, core: PerfCore) -> None:
     store = core.store
-    files = Downloads(store, core.config.prefix)
+    prefix = core.config.prefix
+    files = Downloads(store, prefix)
     add_window_routes(add, core, files)
     add_loop_routes(add, core, files)
 
@@ -97,18 +103,32 @@ def add_profile_routes(add: AddRoute, core: PerfCore) -> None:
         profile_id = files.resolve(request, ref)
         return json_response(files.described(store.meta(profile_id)))
 
+    async def viewed(request: Request) -> tuple[ProfileMeta, Capture, str | None]:
+        """The profile a page shows: its metadata, the view asked for, and the
+        id whose renders the store caches (None for a view or another worker's)."""
+        ref = request.path_params["pid"]
+        found = await foreign_meta(ref)
+        if found is not None:
+            return found, view_of(await foreign_capture(found), request, f"profile {ref}"), None
+        profile_id = files.resolve(request, ref)
+        whole = store.get(profile_id)
+        shown = view_of(whole, request, f"profile {profile_id}")
+        return store.meta(profile_id), shown, profile_id if shown is whole else None
+
     async def profile_file(request: Request) -> Response:
         r = renderer(request.path_params["fmt"])
+        inline = opens_in_place(request, r)
         ref = request.path_params["pid"]
         if ref == "merged":
-            return await merged(request, r)
+            return await merged(request, r, inline)
         found = await foreign_meta(ref)
         if found is not None:
             capture = view_of(await foreign_capture(found), request, f"profile {ref}")
-            return await files.send(capture, r, download_name(found), None, profile_id=ref)
-        return await files.send_stored(files.resolve(request, ref), r, request)
+            name = download_name(found)
+            return await files.send(capture, r, name, None, profile_id=ref, inline=inline)
+        return await files.send_stored(files.resolve(request, ref), r, request, inline=inline)
 
-    async def merged(request: Request, r: Renderer) -> Response:
+    async def merged(request: Request, r: Renderer, inline: bool) -> Response:
         q = request.query_params
         route, raw_ids = q.get("route"), q.get("ids")
         if (route is None) == (raw_ids is None):
@@ -133,7 +153,7 @@ def add_profile_routes(add: AddRoute, core: PerfCore) -> None:
             raise BadRequest(404, f"no profiles for route {route!r}")
         capture = combine(captures, {"route": route, "ids": ids})
         name = f"merged-{route_slug(route or 'ids', fallback='profiles')}"
-        return await files.send(capture, r, name, None)
+        return await files.send(capture, r, name, None, inline=inline)
 
     async def routes(request: Request) -> Response:
         profile_id = files.resolve(request, request.path_params["pid"])
@@ -149,21 +169,43 @@ def add_profile_routes(add: AddRoute, core: PerfCore) -> None:
         )
 
     async def snakeviz(request: Request) -> Response:
-        profile_id = files.resolve(request, request.path_params["pid"])
-        capture = view_of(store.get(profile_id), request, f"profile {profile_id}")
+        meta, capture, _ = await viewed(request)
         if not capture.call_stats():
-            raise BadRequest(404, f"profile {profile_id} is empty: nothing to show")
+            raise BadRequest(404, f"profile {meta['id']} is empty: nothing to show")
+        static_url = f"{prefix}/snakeviz-static"
         return await run_in_threadpool(
-            snakeviz_page, capture, profile_id, f"{core.config.prefix}/snakeviz-static"
+            snakeviz_page, capture, meta["id"], static_url, download_name(meta)
+        )
+
+    async def speedscope(request: Request) -> Response:
+        meta, capture, cached = await viewed(request)
+        if not capture.stacks:
+            raise BadRequest(404, f"profile {meta['id']} is empty: nothing to show")
+        # The page is this format's viewer: the one place a format is named.
+        body = await files.render(capture, renderer("speedscope.json"), cached)
+        title = f"{meta.get('route') or meta.get('kind') or 'profile'} {meta['id']} - speedscope"
+        static_url = f"{prefix}/speedscope-static"
+        return await run_in_threadpool(
+            speedscope_page, body, title, static_url, download_name(meta)
         )
 
     async def static(request: Request) -> Response:
         return snakeviz_static(request.path_params["path"])
 
+    async def speedscope_file(request: Request) -> Response:
+        return speedscope_static(request.path_params["name"])
+
     pid = r"(?P<pid>[^/.]+)"
     add(r"/profiles", {"GET": profiles}, ("route", "kind", "tag", "limit"))
     add(rf"/profiles/{pid}/snakeviz", {"GET": snakeviz}, ("route", "idle"))
+    add(rf"/profiles/{pid}/speedscope", {"GET": speedscope}, ("route", "idle"))
     add(rf"/profiles/{pid}/routes", {"GET": routes}, ("route", "idle"))
-    add(rf"/profiles/{pid}\.(?P<fmt>.+)", {"GET": profile_file}, ("route", "ids", "idle"))
+    add(
+        rf"/profiles/{pid}\.(?P<fmt>.+)",
+        {"GET": profile_file},
+        ("route", "ids", "idle", "download"),
+    )
     add(rf"/profiles/{pid}", {"GET": profile_meta}, ("route",))
     add(r"/snakeviz-static/(?P<path>.+)", {"GET": static})
+    # Flat: every file of the viewer sits in one directory.
+    add(r"/speedscope-static/(?P<name>[^/]+)", {"GET": speedscope_file})
