@@ -445,7 +445,7 @@ async def test_yappi_flame_graph_counts_time_in_c_calls_as_the_callers(client_fo
 
 
 def test_idle_waits_do_not_become_own_time():
-    from asgi_perf.engines.yappi_impl import with_c_time_as_own
+    from asgi_perf.capture import with_unlisted_time_as_own
 
     wait = ("/usr/lib/python3.11/threading.py", 295, "Condition.wait")
     work = ("/app/shop.py", 10, "search")
@@ -455,7 +455,7 @@ def test_idle_waits_do_not_become_own_time():
         wait: (1, 1, 0.0, 9.0, {idle_caller: (1, 1, 0.0, 9.0)}),
         work: (1, 1, 0.001, 2.0, {}),
     }
-    adjusted = with_c_time_as_own(stats)
+    adjusted = with_unlisted_time_as_own(stats)
     assert adjusted[work][2] == 2.0
     assert adjusted[wait][2] == 0.0
     assert adjusted[idle_caller][2] == 0.0
