@@ -78,9 +78,10 @@ def free_port() -> int:
 
 
 def start_server(port: int) -> subprocess.Popen[bytes]:
-    # Starlette builds the middleware stack on the first ASGI call, so a bad
-    # asgi_perf option raises during lifespan startup; "--lifespan on" makes
-    # uvicorn exit on it instead of logging it and serving 500s.
+    # A bad asgi_perf option (an ASGI_PERF_* variable, say) leaves the shop
+    # served without asgi_perf and /_perf answering 503 with the error, which
+    # wait_until_up prints as it stops. "--lifespan on" makes uvicorn exit
+    # when the shop's own start-up fails, instead of serving it half-started.
     command = [
         sys.executable, "-m", "uvicorn", "examples.shop.app:app",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",

@@ -235,12 +235,12 @@ async def listed(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any
 )
 def test_a_bad_profiling_option_raises_config_error_naming_it(option: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=option):
-        PerfMiddleware(build_app(), **{option: value})
+        PerfMiddleware(build_app(), strict=True, **{option: value})
 
 
 def test_lifespan_profile_needs_a_profile_dir() -> None:
     with pytest.raises(ConfigError, match="lifespan_profile"):
-        PerfMiddleware(build_app(), lifespan_profile=True)
+        PerfMiddleware(build_app(), lifespan_profile=True, strict=True)
 
 
 def test_the_default_engine_is_pyinstrument_and_windows_default_to_300_seconds() -> None:
@@ -256,7 +256,7 @@ def test_environment_variables_choose_the_engine_and_name_themselves(monkeypatch
     assert profiling_stats(perf())["requests"]["engine"] == "yappi"
     monkeypatch.setenv("ASGI_PERF_SAMPLE_RATE", "2")
     with pytest.raises(ConfigError, match="ASGI_PERF_SAMPLE_RATE"):
-        perf()
+        perf(strict=True)
 
 
 async def test_profile_interval_ms_sets_pyinstruments_interval(client_for):
