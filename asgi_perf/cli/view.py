@@ -67,10 +67,7 @@ def snakeviz_available() -> bool:
 
 def require_snakeviz() -> None:
     if not snakeviz_available():
-        raise CLIError(
-            "snakeviz is not installed in this environment: "
-            "pip install 'asgi-perf[cli]' (or pip install snakeviz)"
-        )
+        raise CLIError("snakeviz is not installed in this environment: pip install snakeviz")
 
 
 def run_snakeviz(path: Path, *, server_only: bool = False) -> int:
