@@ -257,11 +257,14 @@ def pstats_to_stacks(
     that edge, and each function keeps the self-time share of what reaches
     it. How time splits between callers is inferred, not observed; paths
     below ``min_share`` of the total are dropped to keep the result small.
+    A function keeps the time of callees the stats do not list (see
+    ``with_unlisted_time_as_own``), so the same stats give the same stacks
+    wherever they are read: in the app, or from a ``.prof`` file.
     """
     # Functions still running when the stats were taken (the frame that
     # started the profile) have no time yet: leave them out, so that what
     # they called becomes a root.
-    stats = {f: e for f, e in stats.items() if e[3] > 0 or e[2] > 0}
+    stats = {f: e for f, e in with_unlisted_time_as_own(stats).items() if e[3] > 0 or e[2] > 0}
     children: dict[PstatsKey, list[tuple[PstatsKey, float]]] = {}
     for func, (_, _, _, _, callers) in stats.items():
         for caller, edge in callers.items():
@@ -300,6 +303,45 @@ def pstats_to_stacks(
     for root in roots:
         walk((_frame_id(root),), frozenset((root,)), root, max(stats[root][3], stats[root][2]))
     return stacks
+
+
+def with_unlisted_time_as_own(stats: Mapping[PstatsKey, PstatsEntry]) -> PstatsDict:
+    """Own time that includes the callees the stats leave out.
+
+    yappi without builtins (and any profiler told to skip C functions)
+    drops the time of C calls from the caller's own time, where cProfile
+    adds it: a function waiting in ``time.sleep``, on SQLite or hashing
+    would show no time of its own and vanish from the flame graph. Own time
+    becomes the cumulative time less what the listed callees took, never
+    less than what was measured; with every callee listed (cProfile) it is
+    what was measured. Waits of idle threads and of the event loop stay
+    out, as py-spy leaves idle threads out: with a wall clock, forty idle
+    pool threads would otherwise fill the flame graph.
+    """
+    called: dict[PstatsKey, float] = {}
+    for func, (_, _, _, _, callers) in stats.items():
+        for caller, edge in callers.items():
+            if caller != func:
+                called[caller] = called.get(caller, 0.0) + edge[3]
+    out: PstatsDict = {}
+    for func, (cc, nc, tt, ct, callers) in stats.items():
+        if not _is_idle_wait(func):
+            tt = min(ct, max(tt, ct - called.get(func, 0.0)))
+        out[func] = (cc, nc, tt, ct, callers)
+    return out
+
+
+# Where a thread or the event loop blocks in C while it has nothing to do.
+_IDLE_WAITS = (
+    ("threading.py", "Condition.wait"),
+    ("concurrent/futures/thread.py", "_worker"),
+    ("selectors.py", ".select"),
+)
+
+
+def _is_idle_wait(func: PstatsKey) -> bool:
+    file, _, name = func
+    return any(file.endswith(f) and name.endswith(n) for f, n in _IDLE_WAITS)
 
 
 def _reachable(

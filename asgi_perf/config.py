@@ -31,6 +31,9 @@ _FALSE = {"0", "false", "no", "off"}
 class PerfConfig:
     """Every option of ``PerfMiddleware``; invalid values raise ``ConfigError``."""
 
+    # False: a configuration error is logged and asgi_perf steps aside (the
+    # app is served, /_perf answers 503). True: it raises, for CI.
+    strict: bool = False
     enabled: bool = True
     prefix: str = "/_perf"
     token: str | None = None
@@ -80,6 +83,7 @@ class PerfConfig:
     flush_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_bool("strict", self.strict)
         _check_bool("enabled", self.enabled)
         _check_bool("tracemalloc", self.tracemalloc)
         if not isinstance(self.prefix, str) or not _PREFIX_RE.match(self.prefix):
@@ -180,6 +184,42 @@ class PerfConfig:
         merged = dataclasses.replace(base, **options) if options else base
         return merged.with_env(os.environ if env is None else env)
 
+    @classmethod
+    def salvage(
+        cls,
+        config: object = None,
+        env: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> PerfConfig:
+        """What a configuration that may fail can still be trusted with.
+
+        ``strict``, read before anything else is checked (an error elsewhere
+        must not decide whether errors raise), and what ``/_perf`` needs to
+        answer with the error: ``enabled``, ``prefix``, ``token`` and
+        ``authorize``. Each comes from the same sources as in
+        ``from_options`` (the environment first) and is kept when it is valid
+        on its own; anything else is the default. Never raises.
+        """
+        env = os.environ if env is None else env
+        trusted: dict[str, Any] = {}
+        for name in _SALVAGED:
+            var = _ENV_NAMES.get(name, "ASGI_PERF_" + name.upper())
+            try:
+                if var in env:
+                    value = _ENV_PARSERS[name](env[var].strip())
+                elif name in options:
+                    value = options[name]
+                elif isinstance(config, PerfConfig):
+                    value = getattr(config, name)
+                else:
+                    continue
+                # Validated alone: every other field is at its (valid) default.
+                cls(**{name: value})
+            except ValueError:
+                continue  # ConfigError too: the default stands in
+            trusted[name] = value
+        return cls(**trusted)
+
     def with_env(self, env: Mapping[str, str]) -> PerfConfig:
         """Apply ``ASGI_PERF_*`` overrides; a bad value names its variable."""
         merged = self
@@ -224,6 +264,7 @@ def _parse_optional_str(raw: str) -> str | None:
 
 
 _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
+    "strict": _parse_bool,
     "enabled": _parse_bool,
     "token": _parse_optional_str,
     "prefix": str,
@@ -253,6 +294,21 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
 }
 # Options whose variable is not ASGI_PERF_ + the option's name.
 _ENV_NAMES = {"shared_dir": "ASGI_PERF_DIR"}
+# What PerfConfig.salvage keeps of a configuration that failed.
+_SALVAGED = ("strict", "enabled", "prefix", "token", "authorize")
+_ERROR_OPTION = re.compile(r"^(?:unknown option '(\w+)'|(ASGI_PERF_\w+)=|(\w+): )")
+
+
+def option_of(error: str) -> str | None:
+    """The option (or environment variable) a ``ConfigError`` message names first."""
+    match = _ERROR_OPTION.match(error)
+    if match is None:
+        return None
+    unknown, variable, name = match.groups()
+    if unknown or variable:
+        return str(unknown or variable)
+    # "name: ..." is an option's own message only when name is an option.
+    return name if name in {f.name for f in dataclasses.fields(PerfConfig)} else None
 
 
 def _check_bool(name: str, value: object) -> None:

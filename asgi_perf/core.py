@@ -27,6 +27,7 @@ from asgi_perf.config import PerfConfig
 from asgi_perf.continuous import Ring
 from asgi_perf.engines import WINDOW_ONLY, Engine, check_engine_name
 from asgi_perf.engines.sampler_impl import Sampler, SamplerEngine
+from asgi_perf.errors import ConfigError
 from asgi_perf.labels import OWN, request_frame, route_frame, tag_frame
 from asgi_perf.loop import LoopMonitor
 from asgi_perf.memory.tracing import LeakFinder
@@ -60,7 +61,13 @@ class PerfCore:
         self.config = cfg = config
         self.internal_errors = 0
         self._logged: set[str] = set()
-        self.budgets: BudgetSet = load_budgets(cfg.budgets, min_samples=cfg.min_samples)
+        try:
+            self.budgets: BudgetSet = load_budgets(cfg.budgets, min_samples=cfg.min_samples)
+        except ConfigError as exc:
+            # A file's errors name the file; say too which option brought it in.
+            if str(exc).startswith("budgets: "):
+                raise
+            raise ConfigError(f"budgets: {exc}") from None
         self.recorder = Recorder(max_routes=cfg.max_routes, window_s=cfg.recent_window_s)
         self.keys = RouteKeys(cfg.route_key, self.internal_error)
         # Requests in flight, by their start time (ns): read by ``in_flight``.

@@ -16,10 +16,12 @@ from typing import Any
 
 from asgi_perf._types import ASGIApp, Message, Receive, Scope, Send
 from asgi_perf.api import Gate, make_perf_app
+from asgi_perf.api.unavailable import make_unavailable_app
 from asgi_perf.budgets import BudgetSet
-from asgi_perf.config import PerfConfig
+from asgi_perf.config import PerfConfig, option_of
 from asgi_perf.core import PerfCore
 from asgi_perf.engines.sampler_impl import REQUEST_SCOPE
+from asgi_perf.errors import ConfigError
 from asgi_perf.memory import traced_growth, traced_start
 from asgi_perf.profiling import PROFILE_HEADER, PROFILE_ID_KEY, Ticket, request_tag
 from asgi_perf.routes import route_path
@@ -45,14 +47,26 @@ class PerfMiddleware:
 
     def __init__(self, app: ASGIApp, /, config: PerfConfig | None = None, **options: Any) -> None:
         self.app = app
-        self.config = cfg = PerfConfig.from_options(config, **options)
+        # Why asgi_perf is not running, when it is not (see _step_aside).
+        self.config_error: str | None = None
+        # Read first: whether a bad option raises must not depend on the others.
+        trusted = PerfConfig.salvage(config, **options)
+        try:
+            self._build(PerfConfig.from_options(config, **options))
+        except Exception as exc:
+            if trusted.strict:
+                raise
+            self._step_aside(exc, trusted)
+
+    def _build(self, cfg: PerfConfig) -> None:
+        self.config = cfg
         self.core = core = PerfCore(cfg)
         self.enabled = cfg.enabled
         if not cfg.enabled:
             # Decided once: a disabled middleware is the app, untouched.
             self.__class__ = _Disabled
         self.gate = Gate(cfg.token, cfg.authorize, core.internal_error)
-        self._perf_app = make_perf_app(core, self.gate)
+        self._perf_app: ASGIApp = make_perf_app(core, self.gate)
         self._prefix = cfg.prefix
         self._prefix_len = len(cfg.prefix)
         self._key = core.keys.key
@@ -74,6 +88,30 @@ class PerfMiddleware:
         # finished requests: one turn comes at least every BATCH requests.
         turn = 1 if cfg.tracemalloc else _TURN
         self._turn = itertools.cycle([True] + [False] * (turn - 1)).__next__
+
+    def _step_aside(self, exc: Exception, trusted: PerfConfig) -> None:
+        """A configuration that failed: log it once, serve the app untouched,
+        answer ``/_perf`` with 503 and the error (spec 7)."""
+        error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+        self.config_error = error
+        self.config = trusted
+        self.enabled = False
+        self._prefix = trusted.prefix
+        self._prefix_len = len(trusted.prefix)
+        self.gate = Gate(trusted.token, trusted.authorize)
+        self._perf_app = make_unavailable_app(error, option_of(error), self.gate)
+        where = f"{trusted.prefix}/* answers 503 with this error" if trusted.enabled else ""
+        # Loud and once: this runs when the server builds the app, at start-up.
+        logger.error(
+            "asgi_perf is OFF, its configuration failed: %s. The app is served without "
+            "asgi_perf%s. Fix it and restart; strict=True (or ASGI_PERF_STRICT=1) makes "
+            "such an error stop the app instead.",
+            error,
+            f"; {where}" if where else "",
+            # An error that is not a configuration error is asgi_perf's own: its trace helps.
+            exc_info=None if isinstance(exc, ConfigError) else exc,
+        )
+        self.__class__ = _Unavailable if trusted.enabled else _Disabled
 
     @property
     def budgets(self) -> BudgetSet:
@@ -287,6 +325,31 @@ class _Disabled(PerfMiddleware):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
+
+
+class _Unavailable(PerfMiddleware):
+    """A configuration error without ``strict``: the app as it came, and
+    ``/_perf`` answering 503 with the error."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._prefix in scope["path"] and self._is_perf_path(scope):
+            await self._perf_app(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    @property
+    def budgets(self) -> BudgetSet:
+        raise self._not_running()
+
+    def snapshot(self, *, histograms: bool = False) -> dict[str, Any]:
+        raise self._not_running()
+
+    def reset(self) -> dict[str, Any]:
+        raise self._not_running()
+
+    def _not_running(self) -> ConfigError:
+        # In-process readers (tests, plugins) get the error the log got.
+        return ConfigError(f"asgi_perf is not running: {self.config_error}")
 
 
 def _file_size(path: object) -> int:

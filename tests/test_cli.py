@@ -263,6 +263,37 @@ def test_fetch_errors_are_one_line(server: str, cli: Run) -> None:
     assert_one_line_error(err, "400", "is not a profile id")
 
 
+def test_fetch_with_nothing_kept_says_how_to_get_a_profile(
+    live_server: Any, fastapi_app: Any, cli: Run, tmp_path: Path
+) -> None:
+    # The defaults keep no profile: a new user's first fetch.
+    url = live_server(fastapi_app(perf={})).url
+    get(url, "/items/7", 3)
+    for args in (("slowest",), ("latest", "--route", "GET /items/{item_id}")):
+        code, out, err = cli("fetch", url, *args)
+        assert (code, out) == (3, "")
+        assert_one_line_error(
+            err,
+            "no profiles",
+            "yet",
+            "'X-Perf-Profile: 1'",
+            f"curl -H 'X-Perf-Profile: 1' {url}/",
+            "sample_rate",
+            f"asgi-perf profile {url} --seconds 30",
+        )
+    code, _, err = cli("view", url, "--ref", "slowest")
+    assert code == 3
+    assert_one_line_error(err, "no profiles", "'X-Perf-Profile: 1'")
+    # Following the advice works.
+    with httpx.Client(base_url=url, trust_env=False, timeout=30) as client:
+        client.get("/items/7", headers={"X-Perf-Profile": "1"}).raise_for_status()
+    code, _, err = cli("fetch", url, "slowest", "-o", str(tmp_path / "slowest.prof"))
+    assert (code, err) == (0, "")
+    # An unknown id is another error, with no such advice.
+    code, _, err = cli("fetch", url, "0123456789abcdef")
+    assert code == 3 and "X-Perf-Profile" not in err
+
+
 # --------------------------------------------------------------------------- check
 
 
@@ -767,7 +798,7 @@ def test_view_error_paths(cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "snakeviz", None)
     code, out, err = cli("view", str(prof))
     assert (code, out) == (2, "")
-    assert_one_line_error(err, "pip install 'asgi-perf[cli]'")
+    assert_one_line_error(err, "pip install snakeviz")
 
 
 def test_view_url_without_asgi_perf(live_server: Any, fastapi_app: Any, cli: Run) -> None:

@@ -406,14 +406,16 @@ def noop_app() -> FastAPI:
     ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v[k]!r}" for k in v),
 )
 def test_invalid_options_fail_at_construction_naming_the_option(options, name):
+    # strict=True: fail fast, as in CI (without it asgi_perf steps aside:
+    # tests/test_config_errors.py).
     with pytest.raises(ConfigError, match=name) as caught:
-        PerfMiddleware(noop_app(), **options)
+        PerfMiddleware(noop_app(), strict=True, **options)
     assert isinstance(caught.value, ValueError)
 
 
 def test_invalid_option_via_add_middleware_fails_when_the_stack_is_built():
     app = noop_app()
-    app.add_middleware(PerfMiddleware, max_routes=0)
+    app.add_middleware(PerfMiddleware, max_routes=0, strict=True)
     with pytest.raises(ConfigError, match="max_routes"):
         app.build_middleware_stack()
 
@@ -421,7 +423,7 @@ def test_invalid_option_via_add_middleware_fails_when_the_stack_is_built():
 def test_missing_budgets_file_names_the_file(tmp_path):
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match=r"nope\.toml"):
-        PerfMiddleware(noop_app(), budgets=str(missing))
+        PerfMiddleware(noop_app(), budgets=str(missing), strict=True)
 
 
 @pytest.mark.parametrize(
@@ -437,7 +439,7 @@ def test_missing_budgets_file_names_the_file(tmp_path):
 def test_bad_environment_values_name_the_variable(monkeypatch, var, value):
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=var):
-        PerfMiddleware(noop_app())
+        PerfMiddleware(noop_app(), strict=True)
 
 
 @pytest.mark.parametrize(
@@ -450,7 +452,7 @@ def test_bad_environment_values_name_the_variable(monkeypatch, var, value):
 def test_out_of_range_environment_values_name_the_option(monkeypatch, var, value, option):
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=option):
-        PerfMiddleware(noop_app())
+        PerfMiddleware(noop_app(), strict=True)
 
 
 @pytest.mark.parametrize(
@@ -459,7 +461,7 @@ def test_out_of_range_environment_values_name_the_option(monkeypatch, var, value
 def test_out_of_range_environment_values_name_the_variable(monkeypatch, var, value):
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=var):
-        PerfMiddleware(noop_app())
+        PerfMiddleware(noop_app(), strict=True)
 
 
 async def test_environment_overrides_keywords(asgi, monkeypatch, tmp_path: Path):

@@ -24,7 +24,6 @@ from asgi_perf.cli._exit import (
     EXIT_SERVER,
     EXIT_USAGE,
 )
-from asgi_perf.client import DEFAULT_PREFIX, TOKEN_ENV
 from asgi_perf.engines import ENGINES
 from asgi_perf.renderers import RENDERERS
 
@@ -55,6 +54,10 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Here, not at the top: the client needs httpx, and without it main()
+    # must still say which extra to install rather than fail on import.
+    from asgi_perf.client import DEFAULT_PREFIX, TOKEN_ENV
+
     parser = _Parser(
         prog="asgi-perf",
         description="Stats, budgets and profiles of an ASGI app wrapped by asgi_perf.",
@@ -281,6 +284,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+# asgi-perf is on no package index yet, so "pip install 'asgi-perf[cli]'"
+# would fail: name the extra's own packages, which install from anywhere.
+_CLI_EXTRA_HINT = (
+    "pip install httpx rich snakeviz (the cli extra; in a checkout of asgi_perf: "
+    "pip install -e '.[cli]')"
+)
+
+
 def _missing(exc: ImportError) -> int:
-    name = exc.name or "a module"
-    return _plain_error(f"{name} is missing: pip install 'asgi-perf[cli]'", EXIT_USAGE)
+    # The package to install, not the submodule that failed (rich.table).
+    name = exc.name.split(".", 1)[0] if exc.name else "a module"
+    return _plain_error(f"{name} is missing: {_CLI_EXTRA_HINT}", EXIT_USAGE)

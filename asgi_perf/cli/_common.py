@@ -20,7 +20,7 @@ from rich.text import Text
 
 from asgi_perf.capture import PstatsDict
 from asgi_perf.cli._exit import EXIT_USAGE
-from asgi_perf.client import PerfClient
+from asgi_perf.client import PerfClient, PerfClientError
 from asgi_perf.renderers import RENDERERS
 
 VERDICT_STYLE = {"fail": "bold red", "pass": "green", "insufficient": "yellow"}
@@ -76,6 +76,27 @@ def client_for(args: argparse.Namespace, url: str | None = None) -> PerfClient:
         prefix=args.prefix,
         timeout=args.timeout,
     )
+
+
+def download_profile(
+    client: PerfClient, ref: str, fmt: str, route: str | None
+) -> tuple[bytes, str]:
+    """``client.download``; when ``latest`` or ``slowest`` finds nothing, how to get one."""
+    try:
+        return client.download(ref, fmt=fmt, route=route)
+    except PerfClientError as exc:
+        # The app keeps no profile until asked to: a new user's first fetch
+        # says "no profiles yet" and nothing of what to do about it.
+        if exc.status != 404 or ref not in ("latest", "slowest") or "no profiles" not in str(exc):
+            raise
+        raise PerfClientError(
+            f"{exc}. To get one: send a request with the header 'X-Perf-Profile: 1' "
+            f"(curl -H 'X-Perf-Profile: 1' {client.base_url}/your/route), set sample_rate "
+            f"(e.g. 0.01) on PerfMiddleware, or run: asgi-perf profile {client.base_url} "
+            "--seconds 30",
+            status=exc.status,
+            url=exc.url,
+        ) from None
 
 
 def is_url(target: str) -> bool:

@@ -47,7 +47,8 @@ def _from_prof(path: Path) -> Capture:
     return Capture(
         engine="pstats",
         stacks=pstats_to_stacks(raw),
-        duration_s=sum(entry[2] for entry in raw.values()),
+        # A .prof holds call statistics, not how long the profile ran.
+        duration_s=0.0,
         pstats=raw,
         exact_stacks=False,
         meta={"kind": "file", "route": path.name},
@@ -75,7 +76,7 @@ def _from_collapsed(path: Path) -> Capture:
     return Capture(
         engine="collapsed",
         stacks=stacks,
-        duration_s=sum(stacks.values()),
+        duration_s=0.0,  # folded stacks hold weights, not how long the profile ran
         meta={"kind": "file", "route": path.name},
     )
 

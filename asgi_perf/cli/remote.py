@@ -16,6 +16,7 @@ from asgi_perf.cli._common import (
     IO,
     CLIError,
     client_for,
+    download_profile,
     fmt_ms,
     fmt_number,
     format_for,
@@ -179,7 +180,7 @@ def _profiles(
 
 def cmd_fetch(args: argparse.Namespace, io: IO) -> int:
     with client_for(args) as client:
-        body, name = client.download(args.ref, fmt=format_for(args), route=args.route)
+        body, name = download_profile(client, args.ref, format_for(args), args.route)
     path = write_output(io, body, args.output, name)
     if args.open and path is not None:
         return open_file(path)

@@ -20,6 +20,7 @@ from asgi_perf.cli._common import (
     IO,
     CLIError,
     client_for,
+    download_profile,
     existing_file,
     is_url,
     read_pstats,
@@ -47,7 +48,7 @@ def _download_prof(args: argparse.Namespace, target: str) -> bytes:
     with client_for(args, target) as client:
         if urlsplit(target).path.endswith(".prof"):
             return client.download_link(target)
-        return client.download(args.ref, fmt="prof", route=args.route)[0]
+        return download_profile(client, args.ref, "prof", args.route)[0]
 
 
 def open_file(path: Path) -> int:
@@ -67,10 +68,7 @@ def snakeviz_available() -> bool:
 
 def require_snakeviz() -> None:
     if not snakeviz_available():
-        raise CLIError(
-            "snakeviz is not installed in this environment: "
-            "pip install 'asgi-perf[cli]' (or pip install snakeviz)"
-        )
+        raise CLIError("snakeviz is not installed in this environment: pip install snakeviz")
 
 
 def run_snakeviz(path: Path, *, server_only: bool = False) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yappi  # type: ignore[import-untyped]
 
-from asgi_perf.capture import Capture, PstatsDict, PstatsKey, pstats_to_stacks
+from asgi_perf.capture import Capture, PstatsDict, pstats_to_stacks
 from asgi_perf.engines._stacks import trim_all
 from asgi_perf.engines.base import Capabilities
 
@@ -96,7 +96,7 @@ class _YappiRequest:
             self._finish()
         return Capture(
             engine="yappi",
-            stacks=trim_all(pstats_to_stacks(with_c_time_as_own(stats))),
+            stacks=trim_all(pstats_to_stacks(stats)),
             duration_s=time.perf_counter() - self._started,
             pstats=stats,
             exact_stacks=False,
@@ -132,7 +132,7 @@ class _YappiWindow:
             self.abort()
         return Capture(
             engine="yappi",
-            stacks=pstats_to_stacks(with_c_time_as_own(stats)),
+            stacks=pstats_to_stacks(stats),
             duration_s=time.perf_counter() - self._started,
             pstats=stats,
             exact_stacks=False,
@@ -150,41 +150,3 @@ def _pstats(func_stats: Any) -> PstatsDict:
         return {}
     stats: PstatsDict = yappi.convert2pstats(func_stats).stats
     return stats
-
-
-def with_c_time_as_own(stats: PstatsDict) -> PstatsDict:
-    """Own time that includes the C functions a function called.
-
-    Without builtins yappi drops the time spent in C calls from the
-    caller's own time (cProfile adds it there), so a function waiting on
-    SQLite or hashing would show no time of its own and vanish from the
-    flame graph. Own time becomes the cumulative time less what the
-    profiled callees took, never less than what yappi measured. Waits of
-    idle threads and of the event loop stay out, as py-spy leaves idle
-    threads out: with a wall clock, forty idle pool threads would
-    otherwise fill the flame graph.
-    """
-    called: dict[PstatsKey, float] = {}
-    for func, (_, _, _, _, callers) in stats.items():
-        for caller, edge in callers.items():
-            if caller != func:
-                called[caller] = called.get(caller, 0.0) + edge[3]
-    out: PstatsDict = {}
-    for func, (cc, nc, tt, ct, callers) in stats.items():
-        if not _is_idle_wait(func):
-            tt = min(ct, max(tt, ct - called.get(func, 0.0)))
-        out[func] = (cc, nc, tt, ct, callers)
-    return out
-
-
-# Where a thread or the event loop blocks in C while it has nothing to do.
-_IDLE_WAITS = (
-    ("threading.py", "Condition.wait"),
-    ("concurrent/futures/thread.py", "_worker"),
-    ("selectors.py", ".select"),
-)
-
-
-def _is_idle_wait(func: PstatsKey) -> bool:
-    file, _, name = func
-    return any(file.endswith(f) and name.endswith(n) for f, n in _IDLE_WAITS)

@@ -174,7 +174,16 @@ def _heading(capture: Capture, total: float) -> str:
     else:
         what = str(route or method or "profile")
     bits = [str(meta.get("kind") or "profile"), capture.engine]
-    bits.append(f"{_seconds(capture.duration_s)} wall, {_seconds(total)} profiled")
+    kind = meta.get("kind")
+    if capture.duration_s > 0 and kind not in ("file", "loop_blocks"):
+        # A merge adds up its parts' durations: they may have overlapped.
+        wall = "wall in all" if kind == "merged" else "wall"
+        bits.append(f"{_seconds(capture.duration_s)} {wall}, {_seconds(total)} profiled")
+    else:
+        # A file read by the CLI (and the loop's blocks) has no clock time:
+        # what is known is the sum over every call and thread, which can
+        # exceed the time the profile ran.
+        bits.append(f"{_seconds(total)} profiled (summed over calls and threads, not wall-clock)")
     if meta.get("parts"):
         bits.append(f"{meta['parts']} profiles merged")
     if meta.get("status"):
