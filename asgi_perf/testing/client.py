@@ -94,7 +94,14 @@ class PerfTestClient(httpx.Client):
                 budgets = config.budgets
             min_samples = options.get("min_samples", config.min_samples)
         else:
-            options = {"min_samples": DEFAULT_MIN_SAMPLES, "memory_sample_every": 1, **options}
+            # A test wants a bad option to fail where it is written, not to
+            # serve on with asgi_perf switched off: strict unless told otherwise.
+            options = {
+                "min_samples": DEFAULT_MIN_SAMPLES,
+                "memory_sample_every": 1,
+                "strict": True,
+                **options,
+            }
             min_samples = options["min_samples"]
         self.budgets: BudgetSet = merge_budgets([load_source(budgets)], min_samples=min_samples)
         options["budgets"] = as_table(self.budgets)
