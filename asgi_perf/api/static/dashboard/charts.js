@@ -27,6 +27,8 @@ export class History {
   }
 }
 
+const MIN_SLOTS = 30;
+
 /** A titled line with its latest value: the series scaled from 0 to its max. */
 export class Sparkline {
   constructor(parent, { title, format, width = 260, height = 48, points = 150, stretch = false }) {
@@ -67,8 +69,11 @@ export class Sparkline {
     const top = known.length ? Math.max(...known) : 0;
     setText(this.max, top > 0 ? `max ${this.format(top)} over ${known.length * 2} s` : "");
     const h = this.height - 2;
-    // A live series enters from the right at a fixed pace; a whole timeline fills the width.
-    const slots = this.stretch ? Math.max(values.length, 2) : this.points;
+    // A whole timeline fills the width; a live series enters from the right
+    // at a fixed pace, on a scale of a minute at first, then of all it keeps.
+    const slots = this.stretch
+      ? Math.max(values.length, 2)
+      : Math.min(Math.max(values.length, MIN_SLOTS), this.points);
     const step = this.width / (slots - 1);
     const offset = slots - values.length;
     const coords = [];

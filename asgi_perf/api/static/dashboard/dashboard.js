@@ -22,12 +22,14 @@ const state = {
   again: false,
   waitingForToken: false,
   timer: null,
+  drawn: false,
   selected: null,
   verdicts: new Map(),
   verdictKey: null,
   budgetsAt: 0,
   total: { rps: new History(), p99: new History() },
   perRoute: new Map(),
+  routes: new Map(), // the last snapshot's routes by name
 };
 
 const table = new RouteTable($("routes-table"), $("routes-empty"), select);
@@ -59,18 +61,19 @@ function select(route) {
     return;
   }
   detail.open(state.selected);
-  detail.update(null, state.perRoute.get(state.selected), state.verdicts.get(state.selected));
+  const entry = state.routes.get(state.selected);
+  detail.update(entry, state.perRoute.get(state.selected), state.verdicts.get(state.selected));
   loadRoute(state.selected).catch(failed);
 }
 
 /** The selected route's histogram and profiles, now rather than at the next tick. */
 async function loadRoute(route, withHistogram = true) {
   const [snap, kept] = await Promise.all([
-    withHistogram ? getJSON("/stats?histograms=1") : null,
-    getJSON(`/profiles?route=${q(route)}&limit=100`),
+    withHistogram ? optional(getJSON("/stats?histograms=1")) : null,
+    optional(getJSON(`/profiles?route=${q(route)}&limit=100`)),
   ]);
   if (route !== state.selected) return;
-  if (snap) detail.setHistogram((snap.routes || []).find((r) => r.route === route));
+  if (snap) guard("histogram", () => detail.setHistogram((snap.routes || []).find((r) => r.route === route)));
   await detail.setProfiles(kept, openFlame);
 }
 
@@ -110,15 +113,17 @@ function record(routes) {
   }
 }
 
+/** GET /budgets when a verdict changed (or now and then): true when it was read. */
 async function budgets(snap, routes) {
-  if (!snap.budgets) return; // no budgets configured
+  if (!snap.budgets) return false; // no budgets configured
   const key = routes.map((r) => `${r.route}=${r.budget}`).join("\n");
-  if (key === state.verdictKey && Date.now() - state.budgetsAt < BUDGETS_MAX_AGE_MS) return;
+  if (key === state.verdictKey && Date.now() - state.budgetsAt < BUDGETS_MAX_AGE_MS) return false;
   const answer = await optional(getJSON("/budgets"));
-  if (!answer) return;
+  if (!answer) return false;
   state.verdicts = verdictsByRoute(answer);
   state.verdictKey = key;
   state.budgetsAt = Date.now();
+  return true;
 }
 
 async function refresh() {
@@ -132,32 +137,15 @@ async function refresh() {
   const started = performance.now();
   try {
     const tick = state.tick++;
-    const route = state.selected;
     const [snap, list] = await Promise.all([getJSON("/stats"), optional(getJSON("/profiles?limit=50"))]);
-    const routes = snap.routes || [];
-    record(routes);
-    await budgets(snap, routes);
-    setText($("summary"), summaryText(snap));
-    guard("routes", () => table.update(routes, state.verdicts));
-    guard("traffic", () => traffic.update(state.total));
-    if (route) {
-      const entry = routes.find((r) => r.route === route);
-      guard("route", () => detail.update(entry, state.perRoute.get(route), state.verdicts.get(route)));
-      if (tick % HISTOGRAM_EVERY === 0) await optional(loadRoute(route));
-    }
-    guard("workers", () => workers.update(snap.workers));
-    guard("windows", () => windows.sync(snap.profiling && snap.profiling.windows));
-    guard("profiles", () => profiles.update(list));
-    if (guard("loop", () => loop.update(snap.loop))) {
-      const report = await optional(getJSON("/loop"));
-      if (report) guard("loop", () => loop.report(report));
-    }
-    guard("memory", () => memory.update(snap.process));
-    if (snap.process && tick % MEMORY_EVERY === 0) await refreshMemory();
-    if (!document.body.dataset.ready) {
-      document.body.dataset.ready = "1";
+    draw(snap, list);
+    if (!state.drawn) {
+      state.drawn = true;
       performance.mark("asgi-perf:first-data");
     }
+    // Then what needs a call of its own: each panel fills in when it arrives.
+    await details(snap, tick);
+    document.body.dataset.ready = "1";
     setText($("status"), `updated ${clock(Date.now() / 1000)} (${Math.round(performance.now() - started)} ms)`);
     $("status").className = "status";
   } catch (err) {
@@ -166,6 +154,43 @@ async function refresh() {
     state.busy = false;
     schedule(started);
   }
+}
+
+/** Everything one GET /stats (and the profile list) tells, drawn at once. */
+function draw(snap, list) {
+  const routes = snap.routes || [];
+  record(routes);
+  state.routes = new Map(routes.map((r) => [r.route, r]));
+  setText($("summary"), summaryText(snap));
+  guard("routes", () => table.update(routes, state.verdicts));
+  guard("traffic", () => traffic.update(state.total));
+  const route = state.selected;
+  if (route) {
+    const entry = routes.find((r) => r.route === route);
+    guard("route", () => detail.update(entry, state.perRoute.get(route), state.verdicts.get(route)));
+  }
+  guard("workers", () => workers.update(snap.workers));
+  guard("windows", () => windows.sync(snap.profiling && snap.profiling.windows));
+  guard("profiles", () => profiles.update(list));
+  guard("memory", () => memory.update(snap.process));
+}
+
+async function details(snap, tick) {
+  const routes = snap.routes || [];
+  if (await budgets(snap, routes)) {
+    guard("routes", () => table.update(routes, state.verdicts));
+    const route = state.selected;
+    if (route) {
+      const entry = routes.find((r) => r.route === route);
+      guard("route", () => detail.update(entry, state.perRoute.get(route), state.verdicts.get(route)));
+    }
+  }
+  if (state.selected && tick % HISTOGRAM_EVERY === 0) await loadRoute(state.selected);
+  if (guard("loop", () => loop.update(snap.loop))) {
+    const report = await optional(getJSON("/loop"));
+    if (report) guard("loop", () => loop.report(report));
+  }
+  if (snap.process && tick % MEMORY_EVERY === 0) await refreshMemory();
 }
 
 async function refreshMemory() {

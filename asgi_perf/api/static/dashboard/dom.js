@@ -71,14 +71,20 @@ export function syncKeyed(parent, items, keyOf, build) {
 
 export const isNum = (v) => typeof v === "number" && Number.isFinite(v);
 
-/** Milliseconds as people read them: µs below 1 ms, s from 10 000 ms. */
+/** Milliseconds as people read them: three significant digits, µs below 1 ms, s from 1 s. */
 export function ms(v) {
   if (!isNum(v)) return "—";
   if (v === 0) return "0";
   if (v < 1) return `${Math.round(v * 1000)} µs`;
   if (v < 10) return `${v.toFixed(2)} ms`;
-  if (v < 10000) return `${v.toFixed(1)} ms`;
-  return `${(v / 1000).toFixed(1)} s`;
+  if (v < 100) return `${v.toFixed(1)} ms`;
+  if (v < 1000) return `${v.toFixed(0)} ms`;
+  return `${(v / 1000).toFixed(2)} s`;
+}
+
+/** A limit as it was written: 200 ms, 1 s, 0.5 ms (no padding digits). */
+function limitMs(v) {
+  return v >= 1000 ? `${+(v / 1000).toPrecision(4)} s` : `${+v.toPrecision(4)} ms`;
 }
 
 export function mb(v) {
@@ -129,6 +135,6 @@ export function limitText(metric, value) {
   if (!isNum(value)) return "—";
   if (metric === "error_rate") return `${+(value * 100).toPrecision(3)} %`;
   if (metric === "max_growth_mb_per_h") return `${value} MB/h`;
-  if (metric.endsWith("_mb")) return mb(value);
-  return ms(value);
+  if (metric.endsWith("_mb")) return `${+value.toPrecision(4)} MB`;
+  return limitMs(value);
 }

@@ -122,16 +122,14 @@ export class LoopPanel {
 
   /** GET /loop: the blocks with the line that blocked. */
   report(report) {
-    const blocks = [...((report && report.blocks) || [])].sort((a, b) => (b.at || 0) - (a.at || 0)).slice(0, 5);
+    const blocks = [...((report && report.blocks) || [])].sort((a, b) => (b.at || 0) - (a.at || 0)).slice(0, 3);
     syncKeyed(this.blocks, blocks, (b) => `${b.at}${b.duration_ms}`, (b) => {
-      const frame = (b.stack || [])[b.stack ? b.stack.length - 1 : 0];
-      const where = frame ? ` at ${frame.function} (${frame.file}:${frame.line})` : "";
-      return el(
-        "li",
-        {},
-        el("b", { text: ms(b.duration_ms) }),
-        ` ${clock(b.at)} in ${(b.routes || [])[0] || "no request"}${where}`,
-      );
+      // The last frame is the line that blocked; the first route, the request running it.
+      const stack = b.stack || [];
+      const frame = stack[stack.length - 1];
+      const where = frame ? ` — ${frame.function} (${frame.file}:${frame.line})` : "";
+      const route = (b.routes || [])[0] || "outside any request";
+      return el("li", {}, el("b", { text: ms(b.duration_ms) }), ` at ${clock(b.at)}, ${route}${where}`);
     });
   }
 }

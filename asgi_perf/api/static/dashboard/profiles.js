@@ -156,6 +156,7 @@ export class WindowControl {
   constructor({ input, start, stop, state }, onProfile, onError) {
     Object.assign(this, { input, startButton: start, stopButton: stop, state, onProfile, onError });
     this.running = null; // {id, deadline}
+    this.showsOther = false;
     start.addEventListener("click", () => this.start().catch(onError));
     stop.addEventListener("click", () => this.finish().catch(onError));
     input.addEventListener("input", () => this.label());
@@ -175,10 +176,15 @@ export class WindowControl {
   sync(windows) {
     if (!windows) return;
     if (windows.max_window_seconds) this.input.max = windows.max_window_seconds;
+    if (this.running) return;
     const other = windows.running;
-    if (!this.running) {
-      this.startButton.disabled = Boolean(other);
-      setText(this.state, other ? `a window (${other.engine}) runs until ${clock(other.ends_at)}` : "");
+    this.startButton.disabled = Boolean(other);
+    if (other) {
+      setText(this.state, `a window (${other.engine}) runs until ${clock(other.ends_at)}`);
+      this.showsOther = true;
+    } else if (this.showsOther) {
+      setText(this.state, "");
+      this.showsOther = false;
     }
   }
 

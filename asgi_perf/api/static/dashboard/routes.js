@@ -33,7 +33,7 @@ export function verdictsByRoute(budgets) {
 /** One chip: the verdict in its colour, with the limit it was held to. */
 export function verdictChip(v) {
   const label = `${metricLabel(v.metric)} ≤ ${limitText(v.metric, v.limit)}`;
-  const measured = v.measured === null || v.measured === undefined ? "not measured" : `measured ${limitText(v.metric, v.measured)}`;
+  const measured = isNum(v.measured) ? `measured ${limitText(v.metric, v.measured)}` : "not measured";
   return el(
     "span",
     {
@@ -160,6 +160,10 @@ export class RouteDetail {
   }
 
   update(r, history, verdicts) {
+    if (history) {
+      this.rps.update(history.rps.values);
+      this.p99.update(history.p99.values);
+    }
     if (!r) {
       setText(this.summary, "no requests since the last reset");
       return;
@@ -179,10 +183,6 @@ export class RouteDetail {
         (r.loop_blocks ? `; blocked the event loop ${r.loop_blocks}×` : ""),
     );
     syncKeyed(this.budgets, verdicts || [], chipKey, verdictChip);
-    if (history) {
-      this.rps.update(history.rps.values);
-      this.p99.update(history.p99.values);
-    }
   }
 
   setHistogram(r) {
