@@ -1,7 +1,7 @@
 // Profiles: the list with its links, a flame graph shown in place, and the
 // "profile N seconds" window.
 
-import { AuthNeeded, BASE, HttpError, download, getBlob, postJSON, q, token } from "./api.js";
+import { AuthNeeded, BASE, HttpError, download, getBlob, getJSON, postJSON, q, token } from "./api.js";
 import { clock, el, ms, syncKeyed, setText, show } from "./dom.js";
 
 /** pyinstrument's own HTML viewer exists only for pyinstrument profiles. */
@@ -149,9 +149,12 @@ export class ProfileList {
 
 /**
  * "Profile N seconds": POST /windows, a countdown, then POST /windows/{id}/stop
- * at its end. A stop that races the time limit answers with the stored
- * profile, so the page never polls for a profile that is not there yet.
+ * just after its end. The server ends the window itself at its time limit
+ * (with several workers, it collects every worker's part then); a stop after
+ * that answers with the stored profile, so the page does not poll for it.
  */
+const END_MARGIN_MS = 750;
+
 export class WindowControl {
   constructor({ input, start, stop, state }, onProfile, onError) {
     Object.assign(this, { input, startButton: start, stopButton: stop, state, onProfile, onError });
@@ -211,11 +214,11 @@ export class WindowControl {
     const run = this.running;
     if (!run) return;
     const left = Math.ceil((run.deadline - Date.now()) / 1000);
-    if (left <= 0) {
+    if (Date.now() > run.deadline + END_MARGIN_MS) {
       this.finish().catch(this.onError);
       return;
     }
-    setText(this.state, `profiling… ${left} s left`);
+    setText(this.state, left > 0 ? `profiling… ${left} s left` : "collecting the profile…");
     this.timer = setTimeout(() => this.tick(), 250);
   }
 
@@ -227,7 +230,7 @@ export class WindowControl {
     show(this.stopButton, false);
     setText(this.state, "collecting the profile…");
     try {
-      const meta = await postJSON(`/windows/${q(run.id)}/stop`);
+      const meta = await this.stop(run.id);
       if (meta.error) throw new HttpError(200, meta.error, meta);
       setText(this.state, `done: ${describe(meta)}`);
       this.onProfile(meta);
@@ -236,6 +239,24 @@ export class WindowControl {
       if (err instanceof AuthNeeded) throw err;
     } finally {
       this.startButton.disabled = false;
+    }
+  }
+
+  /** Its profile: the stop's answer, or (stopped by another worker of the
+   * server, or by the limit a moment before) the stored profile once listed. */
+  async stop(id) {
+    try {
+      return await postJSON(`/windows/${q(id)}/stop`);
+    } catch (err) {
+      if (!(err instanceof HttpError) || err.status !== 404) throw err;
+    }
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        return await getJSON(`/profiles/${q(id)}`);
+      } catch (err) {
+        if (!(err instanceof HttpError) || err.status !== 404 || attempt === 5) throw err;
+      }
+      await new Promise((done) => setTimeout(done, 1000));
     }
   }
 }
