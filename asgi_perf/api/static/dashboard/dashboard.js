@@ -10,8 +10,8 @@ import { RouteDetail, RouteTable, verdictsByRoute } from "./routes.js";
 
 const REFRESH_MS = 2000;
 // What costs the server a snapshot of its own is read less often than /stats.
-const MEMORY_EVERY = 5;
-const HISTOGRAM_EVERY = 3;
+const MEMORY_EVERY = 15;
+const HISTOGRAM_EVERY = 5;
 const BUDGETS_MAX_AGE_MS = 30000;
 
 const $ = (id) => document.getElementById(id);
@@ -30,6 +30,8 @@ const state = {
   total: { rps: new History(), p99: new History() },
   perRoute: new Map(),
   routes: new Map(), // the last snapshot's routes by name
+  timelineOn: false,
+  timelinePoints: null,
 };
 
 const table = new RouteTable($("routes-table"), $("routes-empty"), select);
@@ -137,12 +139,17 @@ async function refresh() {
   const started = performance.now();
   try {
     const tick = state.tick++;
-    const [snap, list] = await Promise.all([getJSON("/stats"), optional(getJSON("/profiles?limit=50"))]);
-    draw(snap, list);
+    // Both asked at once; the table is drawn as soon as /stats is in.
+    const listed = optional(getJSON("/profiles?limit=50"));
+    listed.catch(() => {}); // awaited below; a refusal of /stats must not leave it unhandled
+    const snap = await getJSON("/stats");
+    draw(snap);
     if (!state.drawn) {
       state.drawn = true;
       performance.mark("asgi-perf:first-data");
     }
+    const list = await listed;
+    guard("profiles", () => profiles.update(list));
     // Then what needs a call of its own: each panel fills in when it arrives.
     await details(snap, tick);
     document.body.dataset.ready = "1";
@@ -156,8 +163,8 @@ async function refresh() {
   }
 }
 
-/** Everything one GET /stats (and the profile list) tells, drawn at once. */
-function draw(snap, list) {
+/** Everything one GET /stats tells, drawn at once. */
+function draw(snap) {
   const routes = snap.routes || [];
   record(routes);
   state.routes = new Map(routes.map((r) => [r.route, r]));
@@ -171,7 +178,6 @@ function draw(snap, list) {
   }
   guard("workers", () => workers.update(snap.workers));
   guard("windows", () => windows.sync(snap.profiling && snap.profiling.windows));
-  guard("profiles", () => profiles.update(list));
   guard("memory", () => memory.update(snap.process));
 }
 
@@ -190,21 +196,37 @@ async function details(snap, tick) {
     const report = await optional(getJSON("/loop"));
     if (report) guard("loop", () => loop.report(report));
   }
-  if (snap.process && tick % MEMORY_EVERY === 0) await refreshMemory();
+  if (snap.process) await refreshMemory(snap, tick);
 }
 
-async function refreshMemory() {
-  const report = await optional(getJSON("/memory"));
-  if (!report) return;
-  const changed = guard("memory", () => memory.report(report));
-  if (!report.timeline) {
+/**
+ * The memory panel's calls. GET /memory costs the server a snapshot of its
+ * own, so it is read now and then for its words (the trend's reason, the
+ * process budgets); the timeline, cheap, whenever the snapshot says it grew.
+ */
+async function refreshMemory(snap, tick) {
+  const process = snap.process;
+  if (tick % MEMORY_EVERY === 0) {
+    const report = await optional(getJSON("/memory"));
+    if (report) {
+      guard("memory", () => memory.report(report));
+      state.timelineOn = Boolean(report.timeline);
+    }
+  }
+  // trend is null exactly when the timeline is off (memory_interval_s=0).
+  const on = process.trend === undefined ? state.timelineOn : process.trend !== null;
+  if (!on) {
     memory.timelineOff();
     return;
   }
-  if (changed !== null) {
-    const timeline = await optional(getJSON("/memory/timeline?format=json"));
-    if (timeline) guard("memory", () => memory.timeline(timeline));
-    else memory.timelineOff();
+  const points = process.trend_points;
+  if (points === state.timelinePoints && tick % MEMORY_EVERY !== 0) return;
+  const timeline = await optional(getJSON("/memory/timeline?format=json"));
+  if (timeline) {
+    state.timelinePoints = points;
+    guard("memory", () => memory.timeline(timeline));
+  } else {
+    memory.timelineOff();
   }
 }
 

@@ -56,7 +56,6 @@ export class MemoryPanel {
       format: mb,
       stretch: true, // the server's whole timeline, not a client-side history
     });
-    this.points = -1;
   }
 
   /** snap.process: read each refresh, no extra call. */
@@ -75,12 +74,10 @@ export class MemoryPanel {
   report(report) {
     setText(this.reason, report.reason || "");
     syncKeyed(this.budgets, report.budgets || [], (v) => `${v.metric}${v.verdict}${v.limit}`, verdictChip);
-    return report.timeline && report.timeline.points !== this.points ? report.timeline.points : null;
   }
 
   timeline(answer) {
     const points = (answer && answer.points) || [];
-    this.points = points.length;
     show(this.chart.root, points.length > 0);
     this.chart.update(points.map((p) => p.rss_mb));
     setText(this.chart.max, `${points.length} points, one every ${answer.interval_s ?? "?"} s`);
