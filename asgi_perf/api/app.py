@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from asgi_perf._types import Receive, Scope, Send
 from asgi_perf.api._http import BadRequest, Handler, error_response
-from asgi_perf.api.dashboard import Scoped, add_dashboard_routes, open_shell
+from asgi_perf.api.dashboard import BeforeGate, add_dashboard_routes, open_shell
 from asgi_perf.api.gate import Gate
 from asgi_perf.api.memory import add_memory_routes
 from asgi_perf.api.memory_trace import add_tracemalloc_routes
@@ -34,7 +34,7 @@ class PerfAPI:
         prefix: str,
         gate: Gate,
         on_error: Callable[[str, BaseException], None],
-        before_gate: Scoped | None = None,
+        before_gate: BeforeGate | None = None,
     ) -> None:
         self.prefix = prefix
         self.gate = gate

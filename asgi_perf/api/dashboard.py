@@ -84,7 +84,7 @@ PAGE_HEADERS: Mapping[str, str] = {
     "Referrer-Policy": "no-referrer",
 }
 
-Scoped = Callable[[Scope, str], Response | None]
+BeforeGate = Callable[[Scope, str], Response | None]
 
 
 @cache  # only names of the table (and the shell) reach it: bounded
@@ -120,7 +120,7 @@ def asset(name: str) -> Response:
     return Response(_read(name), media_type=media_type, headers=PAGE_HEADERS)
 
 
-def open_shell(config: PerfConfig) -> Scoped | None:
+def open_shell(config: PerfConfig) -> BeforeGate | None:
     """What the app answers before the gate: the shell, only with a token and no
     hook (see the module's docstring). None: the gate decides everything; an
     answer of None sends that request on to the gate."""

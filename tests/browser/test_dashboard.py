@@ -4,6 +4,10 @@ Each test serves a real app with uvicorn (``live_server``), sends it real
 traffic, and reads the page as a person would: the text shown, the colours
 computed, the pictures decoded. Every test also checks that the page asked
 nothing of any other host and logged no error.
+
+Playwright's own browser download is not used: the tests launch the
+system's Chromium (``/usr/bin/chromium``, or ``ASGI_PERF_CHROMIUM``) and skip,
+saying so, where there is none.
 """
 
 from __future__ import annotations

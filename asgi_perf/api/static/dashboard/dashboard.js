@@ -69,9 +69,9 @@ function select(route) {
 }
 
 /** The selected route's histogram and profiles, now rather than at the next tick. */
-async function loadRoute(route, withHistogram = true) {
+async function loadRoute(route) {
   const [snap, kept] = await Promise.all([
-    withHistogram ? optional(getJSON("/stats?histograms=1")) : null,
+    optional(getJSON("/stats?histograms=1")),
     optional(getJSON(`/profiles?route=${q(route)}&limit=100`)),
   ]);
   if (route !== state.selected) return;
