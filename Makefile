@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 # System programs that some tests read their output with (Go's pprof for the
-# .pb.gz format, a Prometheus server scraping /_perf/metrics): installed with
-# apt when this runs as root on Debian or Ubuntu; elsewhere those tests skip
-# and name the package to install.
-SYSDEPS := golang-go prometheus
+# .pb.gz format, a Prometheus server scraping /_perf/metrics, Chromium showing
+# the dashboard to Playwright): installed with apt when this runs as root on
+# Debian or Ubuntu; elsewhere those tests skip and name the package to install.
+SYSDEPS := golang-go prometheus chromium
 SYSSTAMP := $(VENV)/.sysdeps
 
 $(SYSSTAMP): Makefile | $(BIN)/python

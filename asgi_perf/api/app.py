@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from asgi_perf._types import Receive, Scope, Send
 from asgi_perf.api._http import BadRequest, Handler, error_response
+from asgi_perf.api.dashboard import BeforeGate, add_dashboard_routes, open_shell
 from asgi_perf.api.gate import Gate
 from asgi_perf.api.memory import add_memory_routes
 from asgi_perf.api.memory_trace import add_tracemalloc_routes
@@ -29,11 +30,18 @@ class PerfAPI:
     """Dispatches paths under the prefix to handlers by regex and method."""
 
     def __init__(
-        self, prefix: str, gate: Gate, on_error: Callable[[str, BaseException], None]
+        self,
+        prefix: str,
+        gate: Gate,
+        on_error: Callable[[str, BaseException], None],
+        before_gate: BeforeGate | None = None,
     ) -> None:
         self.prefix = prefix
         self.gate = gate
         self._on_error = on_error
+        # The dashboard's data-free shell, when a token keeps a browser's first
+        # GET out (api/dashboard.py says why); everything else meets the gate.
+        self._before_gate = before_gate
         self._routes: list[tuple[re.Pattern[str], dict[str, Handler], frozenset[str]]] = []
 
     def add(self, pattern: str, methods: dict[str, Handler], params: tuple[str, ...] = ()) -> None:
@@ -51,10 +59,14 @@ class PerfAPI:
         await response(scope, receive, send)
 
     async def _respond(self, scope: Scope, receive: Receive) -> Response:
+        sub = route_path(scope)[len(self.prefix) :] or "/"
+        if self._before_gate is not None:
+            shell = self._before_gate(scope, sub)
+            if shell is not None:
+                return shell
         denied = await self.gate.check(scope)
         if denied is not None:
             return denied
-        sub = route_path(scope)[len(self.prefix) :] or "/"
         for pattern, methods, params in self._routes:
             match = pattern.match(sub)
             if match is None:
@@ -80,8 +92,9 @@ class PerfAPI:
 
 def make_perf_app(core: PerfCore, gate: Gate) -> PerfAPI:
     """The ``/_perf`` app serving ``core``, behind ``gate``."""
-    api = PerfAPI(core.config.prefix, gate, core.internal_error)
+    api = PerfAPI(core.config.prefix, gate, core.internal_error, open_shell(core.config))
     add_stats_routes(api.add, core)
+    add_dashboard_routes(api.add)
     add_profile_routes(api.add, core)
     add_metrics_routes(api.add, core)
     add_memory_routes(api.add, core)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 
-from asgi_perf.api._http import SECURITY_HEADERS, AddRoute, json_response, query_bool
+from asgi_perf.api._http import AddRoute, json_response, query_bool
+from asgi_perf.api.dashboard import index_page, wants_html
 from asgi_perf.core import PerfCore
 
 
@@ -34,12 +35,9 @@ def add_stats_routes(add: AddRoute, core: PerfCore) -> None:
             f"GET {p}/memory/diff?top=30 ; GET {p}/memory/top?top=30&group_by=lineno ; "
             f"POST {p}/memory/tracemalloc/stop",
         }
-        if "text/html" in request.headers.get("accept", ""):
-            rows = "".join(f"<li><code>{v}</code></li>" for v in endpoints.values())
-            return HTMLResponse(
-                f"<!doctype html><title>asgi_perf</title><h1>asgi_perf</h1><ul>{rows}</ul>",
-                headers=dict(SECURITY_HEADERS),
-            )
+        if wants_html(request.scope):
+            # A browser gets the dashboard; JSON clients keep this list.
+            return index_page(request, core.config)
         return json_response({"schema": 1, "endpoints": endpoints})
 
     async def stats(request: Request) -> Response:
