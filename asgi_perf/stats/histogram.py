@@ -11,10 +11,10 @@ the value range: about 1 100 buckets cover 1 ns to one hour.
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import repeat
+from itertools import accumulate, repeat
 from operator import mul as _mul
 from typing import Any
 
@@ -142,24 +142,25 @@ class Histogram:
         return self.max
 
     def quantiles(self, names: Iterable[tuple[str, float]] = QUANTILES) -> dict[str, float]:
-        """Several quantiles in one pass over the sorted buckets."""
+        """Several quantiles from one sort and one running sum of the buckets.
+
+        The running sum and the search for each rank are C-level
+        (``accumulate``, ``bisect``): a snapshot of hundreds of routes reads
+        thousands of buckets, and a Python step per bucket was most of it.
+        """
         wanted = sorted(names, key=lambda nq: nq[1])
         out = dict.fromkeys((n for n, _ in wanted), 0.0)
         if not self.count:
             return out
-        ranks = [(n, max(1, _ceil(q * self.count))) for n, q in wanted]
-        seen = self.zero
-        k = 0
-        while k < len(ranks) and ranks[k][1] <= seen:
-            k += 1
-        for i in sorted(self.buckets):
-            seen += self.buckets[i]
-            value = min(bucket_value(i), self.max)
-            while k < len(ranks) and ranks[k][1] <= seen:
-                out[ranks[k][0]] = value
-                k += 1
-            if k == len(ranks):
-                break
+        keys = sorted(self.buckets)
+        running = list(accumulate(map(self.buckets.__getitem__, keys)))
+        for name, q in wanted:
+            rank = max(1, _ceil(q * self.count)) - self.zero
+            if rank <= 0:
+                continue  # within the zero bucket
+            i = bisect_left(running, rank)
+            # The maximum is exact; never report beyond it.
+            out[name] = min(bucket_value(keys[i]), self.max) if i < len(keys) else self.max
         return out
 
     @property
