@@ -38,6 +38,9 @@ QUANTILES: tuple[tuple[str, float], ...] = (
 )
 
 
+_BY_Q = sorted(QUANTILES, key=lambda nq: nq[1])
+
+
 def bucket_index(value: float) -> int:
     """The bucket a positive value falls in."""
     return _ceil(_log(value) * _INV_LOG_GAMMA)
@@ -148,8 +151,8 @@ class Histogram:
         (``accumulate``, ``bisect``): a snapshot of hundreds of routes reads
         thousands of buckets, and a Python step per bucket was most of it.
         """
-        wanted = sorted(names, key=lambda nq: nq[1])
-        out = dict.fromkeys((n for n, _ in wanted), 0.0)
+        wanted = _BY_Q if names is QUANTILES else sorted(names, key=lambda nq: nq[1])
+        out = dict.fromkeys([n for n, _ in wanted], 0.0)
         if not self.count:
             return out
         keys = sorted(self.buckets)
