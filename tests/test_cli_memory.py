@@ -14,6 +14,7 @@ import csv
 import ctypes
 import gc
 import json
+import mmap
 import os
 import signal
 import subprocess
@@ -36,7 +37,7 @@ from asgi_perf.cli.memory_load import leaks_view
 ENV_TO_CLEAR = ("ASGI_PERF_TOKEN", "ASGI_PERF_PREFIX", "FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS")
 SEED_COLUMNS = ["elapsed_min", "rss_mb", "vms_mb", "connections"]
 BLOCK = 1_000_000  # a request leaks 1 MB: a slow machine still grows fast
-_LEAK: list[bytes] = []
+_LEAK: list[bytes | mmap.mmap] = []
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -48,6 +49,15 @@ def leaky_app(**perf: Any) -> PerfMiddleware:
     async def leak() -> dict[str, int]:
         # Written, not calloc'ed: untouched zero pages would never reach RSS.
         _LEAK.append(b"x" * BLOCK)  # LEAK-ROUTE
+        return {"held": len(_LEAK)}
+
+    @app.get("/grow")
+    async def grow() -> dict[str, int]:
+        # RSS for the soak tests: an anonymous map, written. The heap could
+        # hand back memory an earlier test freed, and RSS would not move.
+        block = mmap.mmap(-1, BLOCK)
+        block.write(b"x" * BLOCK)
+        _LEAK.append(block)
         return {"held": len(_LEAK)}
 
     @app.get("/ok")
@@ -237,9 +247,9 @@ def test_soak_of_a_leak_writes_the_csv_and_the_limit_decides(
     server: Any, load: Any, cli: Run, tmp_path: Path, limit: str, code: int, verdict: str
 ) -> None:
     url, _ = server()
-    load(url, "/leak")
+    load(url, "/grow")
     out_csv = tmp_path / "out.csv"
-    args = ("--minutes", "0.05", "--interval", "0.1", "--csv", str(out_csv))
+    args = ("--minutes", "0.1", "--interval", "0.1", "--csv", str(out_csv))
     found, out, err = cli("soak", url, *args, "--max-growth", limit)
     assert (found, err) == (code, ""), out
     assert verdict in out
@@ -264,8 +274,8 @@ def test_soak_of_a_flat_server_without_a_limit_passes(server: Any, cli: Run) -> 
 
 def test_soak_of_a_leak_without_a_limit_fails_on_growing(server: Any, load: Any, cli: Run) -> None:
     url, _ = server()
-    load(url, "/leak")
-    code, out, _ = cli("soak", url, "--minutes", "0.05", "--interval", "0.1")
+    load(url, "/grow")
+    code, out, _ = cli("soak", url, "--minutes", "0.1", "--interval", "0.1")
     assert code == 1, out
     assert "FAIL: memory grows steadily" in out
 
