@@ -38,7 +38,7 @@ from asgi_perf.server_windows import ServerWindows
 from asgi_perf.stats.merge import NotMergeable, merge_snapshots
 from asgi_perf.stats.store import Recorder
 from asgi_perf.storage import ProfileStore
-from asgi_perf.window import Windows
+from asgi_perf.window import WindowFailed, Windows
 from asgi_perf.workers import Workers, server_directory
 
 logger = logging.getLogger("asgi_perf")
@@ -299,7 +299,13 @@ class PerfCore:
         return self._on_loop(start, needs_loop=engine not in WINDOW_ONLY)
 
     def _leave_window(self, local_id: str) -> Capture | None:
-        return self._on_loop(lambda: self.windows.take(local_id), needs_loop=False)
+        def take() -> Capture | None:
+            try:
+                return self.windows.take(local_id)
+            except WindowFailed:
+                return None  # counted by take; the part says "no capture"
+
+        return self._on_loop(take, needs_loop=False)
 
     def _on_loop(self, fn: Callable[[], T], *, needs_loop: bool) -> T | None:
         """``fn()`` on the event loop's thread, waited for; None when it cannot run.

@@ -26,6 +26,7 @@ from asgi_perf.memory import traced_growth, traced_start
 from asgi_perf.profiling import PROFILE_HEADER, PROFILE_ID_KEY, Ticket, request_tag
 from asgi_perf.routes import route_path
 from asgi_perf.stats.store import EXCEPTION, INCOMPLETE
+from asgi_perf.window import WindowFailed
 
 logger = logging.getLogger("asgi_perf")
 _perf_counter_ns = time.perf_counter_ns
@@ -250,6 +251,8 @@ class PerfMiddleware:
                             meta.get("id"),
                             self.config.profile_dir,
                         )
+                except WindowFailed:
+                    pass  # counted and logged where it failed
                 except Exception as exc:
                     core.internal_error("lifespan_profile", exc)
             return message

@@ -13,7 +13,10 @@ import asyncio
 import contextlib
 import os
 import secrets
+import sys
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,6 +26,8 @@ from asgi_perf.engines import WINDOW_ONLY, Engine, Recording
 from asgi_perf.storage import ProfileStore
 
 _IDLE_WAIT_S = 5.0
+# Failed windows remembered, so a late stop is told what happened, not 404.
+_FAILURES_KEPT = 32
 
 WindowKind = Literal["window", "lifespan"]
 
@@ -37,6 +42,15 @@ class WindowBusy(Exception):
 
 class EngineBusy(Exception):
     """The engine cannot start now (single-flight, or busy with requests)."""
+
+
+class WindowFailed(Exception):
+    """The engine failed while ending a window: aborted, its profile lost, counted."""
+
+    def __init__(self, window_id: str, engine: str, message: str) -> None:
+        super().__init__(message)
+        self.window_id = window_id
+        self.engine = engine
 
 
 @dataclass
@@ -86,6 +100,8 @@ class Windows:
         self.max_seconds = max_seconds
         self.completed = 0
         self.aborted = 0
+        self.failed = 0
+        self._failures: OrderedDict[str, WindowFailed] = OrderedDict()
         self._starting = 0
         # The last window's capture, for when the store could not keep it.
         self.last_capture: Capture | None = None
@@ -172,7 +188,14 @@ class Windows:
 
     def _expire(self, window_id: str) -> None:
         if self.current is not None and self.current.id == window_id:
-            self.stop(window_id)
+            # A timer callback has nobody to raise to: a failure is counted
+            # and remembered for whoever asks for the window next.
+            with contextlib.suppress(WindowFailed):
+                self.stop(window_id)
+
+    def failure(self, window_id: str) -> WindowFailed | None:
+        """How the window ``window_id`` failed, if it did (recently)."""
+        return self._failures.get(window_id)
 
     def stop(self, window_id: str) -> ProfileMeta | None:
         """End the window and store its profile; returns its metadata."""
@@ -186,7 +209,11 @@ class Windows:
         return {**self._store.meta(stored), "stored": True}
 
     def take(self, window_id: str) -> Capture | None:
-        """End the window and hand its capture over, keeping nothing."""
+        """End the window and hand its capture over, keeping nothing.
+
+        ``WindowFailed`` when the engine fails: the window is aborted and
+        the failure counted before it is raised.
+        """
         window = self.current
         if window is None or window.id != window_id:
             return None
@@ -196,8 +223,7 @@ class Windows:
         try:
             capture = window.recording.stop()
         except Exception as exc:
-            self._on_error("window_stop", exc)
-            return None
+            raise self._failed(window, exc) from exc
         ended = time.time()
         capture.meta.update(
             {
@@ -217,6 +243,30 @@ class Windows:
         self.last_capture = capture
         return capture
 
+    def _failed(self, window: Window, exc: Exception) -> WindowFailed:
+        """Clean up after an engine that failed to stop; the error to raise."""
+        self._on_error("window_stop", exc)
+        self.failed += 1
+        with contextlib.suppress(Exception):
+            window.recording.abort()
+        if window.engine not in WINDOW_ONLY:
+            # A hook left behind would tax every call until restart, and
+            # nothing else profiles now: windows and request profiles never
+            # nest. Hooking engines start on the loop's thread, where this runs.
+            sys.setprofile(None)
+            threading.setprofile(None)
+        failed = WindowFailed(
+            window.id,
+            window.engine,
+            f"the {window.engine} engine failed while stopping window {window.id} "
+            f"({type(exc).__name__}: {exc}); the window was aborted and its profile "
+            "is lost (see the server log)",
+        )
+        self._failures[window.id] = failed
+        while len(self._failures) > _FAILURES_KEPT:
+            self._failures.popitem(last=False)
+        return failed
+
     def abort(self, window_id: str) -> None:
         """End the window and keep nothing (its client went away)."""
         window = self.current
@@ -234,5 +284,6 @@ class Windows:
             "running": None if self.current is None else self.current.info(),
             "completed": self.completed,
             "aborted": self.aborted,
+            "failed": self.failed,
             "max_window_seconds": self.max_seconds,
         }

@@ -14,7 +14,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from asgi_perf.api._downloads import Downloads, download_name, renderer, view_of
-from asgi_perf.api._http import AddRoute, BadRequest, json_response, parse_int, query_bool
+from asgi_perf.api._http import (
+    AddRoute,
+    BadRequest,
+    error_response,
+    json_response,
+    parse_int,
+    query_bool,
+)
 from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.core import PerfCore
 from asgi_perf.engines import ENGINES
@@ -22,7 +29,17 @@ from asgi_perf.errors import EngineUnavailable
 from asgi_perf.renderers import Renderer
 from asgi_perf.server_windows import ServerWindowBusy
 from asgi_perf.storage import ID_RE
-from asgi_perf.window import EngineBusy, Window, WindowBusy
+from asgi_perf.window import EngineBusy, Window, WindowBusy, WindowFailed
+
+# An engine that fails is neither the client's fault (4xx) nor a crash of
+# ours (500): the profiling service could not do it, the app is fine.
+ENGINE_FAILED = 503
+
+
+def engine_failed(failed: WindowFailed) -> Response:
+    return error_response(
+        ENGINE_FAILED, str(failed), window=failed.window_id, engine=failed.engine, aborted=True
+    )
 
 
 def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
@@ -96,13 +113,19 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
         if client_left:
             # The client is gone; uvicorn drops whatever is sent now.
             return Response(status_code=499)
-        meta: ProfileMeta | None = windows.stop(window.id)
+        try:
+            meta: ProfileMeta | None = windows.stop(window.id)
+        except WindowFailed as failed:
+            return engine_failed(failed)
         if meta is None:
             # The time limit (or a stop request) ended it first.
             try:
                 meta = {**store.meta(window.id), "stored": True}
             except KeyError:
                 meta = None
+            failure = windows.failure(window.id)
+            if meta is None and failure is not None:
+                return engine_failed(failure)
         capture = windows.last_capture
         if meta is not None and meta["stored"]:
             return await files.send_stored(meta["id"], r, request)
@@ -260,8 +283,15 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
                         {**stopped, "error": "larger than max_profile_bytes: not kept"}, 200
                     )
                 return json_response(files.described(stopped))
-        meta = windows.stop(window_id)
+        try:
+            meta = windows.stop(window_id)
+        except WindowFailed as failed:
+            return engine_failed(failed)
         if meta is None:
+            failure = windows.failure(window_id)
+            if failure is not None:
+                # Its time limit came first, and the engine failed then.
+                return engine_failed(failure)
             # Already ended (its time limit, or an earlier stop): answer with
             # what it stored, so a stop racing the limit is not an error.
             try:
