@@ -123,3 +123,56 @@ async def test_a_server_window_part_whose_engine_fails_is_unhooked_and_counted_o
         assert sys.getprofile() is None
         assert mw.core.internal_errors == 1
         assert mw.core.windows.current is None
+
+
+# --------------------------------------------------------------------------- clients that leave
+
+
+async def assert_nothing_left_running(client: httpx.AsyncClient) -> None:
+    """No window runs; request profiles and a new window start at once."""
+    listed = (await client.get("/_perf/windows")).json()
+    assert listed["running"] is None, listed
+    assert listed["aborted"] == 1, listed
+    profiled = await client.get("/", headers={"X-Perf-Profile": "1"})
+    assert profiled.status_code == 200
+    assert "x-perf-profile-id" in profiled.headers, "request profiling is still paused"
+    started = await client.post("/_perf/windows", params={"seconds": 30})
+    assert started.status_code == 201, started.text
+    assert (await client.post(f"/_perf/windows/{started.json()['id']}/stop")).status_code == 200
+
+
+@pytest.mark.parametrize("engine", ["cprofile", "sampler"])
+async def test_a_cancelled_profile_request_aborts_its_window_at_once(client_for, engine):
+    """In process the request is the client's own task: cancelling one cancels the other."""
+    mw = perf(window_engine=engine)
+    async with client_for(mw) as client:
+        waiting = asyncio.ensure_future(client.get("/_perf/profile", params={"seconds": 30}))
+        await asyncio.sleep(0.5)
+        assert mw.core.windows.current is not None
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert sys.getprofile() is None
+        await assert_nothing_left_running(client)
+        assert await internal_errors(client) == 0
+
+
+@pytest.mark.parametrize("engine", ["cprofile", "sampler"])
+async def test_a_client_that_leaves_a_profile_request_aborts_its_window_at_once(
+    live_server, client_for, engine
+):
+    server = live_server(perf(window_engine=engine))
+    async with client_for(server.url) as impatient:
+        waiting = asyncio.ensure_future(impatient.get("/_perf/profile", params={"seconds": 30}))
+        await asyncio.sleep(0.5)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    # The client is closed: its connection is gone, and the server knows.
+    async with client_for(server.url) as client:
+        for _ in range(50):
+            if (await client.get("/_perf/windows")).json()["running"] is None:
+                break
+            await asyncio.sleep(0.02)
+        await assert_nothing_left_running(client)
+        assert await internal_errors(client) == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import time
@@ -320,21 +319,26 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
 async def wait_or_hang_up(request: Request, seconds: float, abort: Callable[[], None]) -> bool:
     """Wait ``seconds``; True when the client hung up first (``abort`` has run then).
 
-    A cancelled request aborts too: nobody waits for the file, and nothing
-    half-made is kept.
+    A cancelled request aborts too, at once: nobody waits for the file (the
+    server, or a layer above, gave up on it), and nothing half-made is kept.
     """
     done = asyncio.ensure_future(asyncio.sleep(seconds))
     gone = asyncio.ensure_future(_disconnected(request))
+    waited = False
     try:
         await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+        waited = True
     finally:
+        # Decided before the helpers are cancelled below: a cancelled task
+        # is "done" too, so asking afterwards mistook a cancellation for
+        # the end of the wait and left the window running.
         client_left = gone.done() and not gone.cancelled()
+        if client_left or not waited:
+            abort()
         for task in (done, gone):
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        if client_left or not done.done():
-            abort()
+        # Reaped, not suppressed: a second cancellation of ours still propagates.
+        await asyncio.gather(done, gone, return_exceptions=True)
     return client_left
 
 
