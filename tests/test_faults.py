@@ -176,3 +176,26 @@ async def test_a_client_that_leaves_a_profile_request_aborts_its_window_at_once(
             await asyncio.sleep(0.02)
         await assert_nothing_left_running(client)
         assert await internal_errors(client) == 0
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+@pytest.mark.parametrize("engine", ["sampler", "cprofile"])
+async def test_a_window_still_running_at_shutdown_is_stored_to_profile_dir(
+    live_server, client_for, tmp_path, engine
+):
+    out = tmp_path / "profiles"
+    mw = perf(profile_dir=str(out))
+    server = live_server(mw)
+    async with client_for(server.url) as client:
+        started = await client.post("/_perf/windows", params={"seconds": 300, "engine": engine})
+        assert started.status_code == 201, started.text
+        wid = started.json()["id"]
+        for _ in range(10):
+            assert (await client.get("/items/7")).status_code == 200
+    server.stop()  # lifespan shutdown runs
+    written = sorted(p.name for p in out.glob(f"*{wid}*"))
+    assert any(name.endswith(f"{wid}.prof") for name in written), sorted(out.iterdir())
+    assert mw.core.windows.current is None
+    assert mw.core.internal_errors == 0
