@@ -151,6 +151,17 @@ class PerfCore:
                 over_budget=self.over_budget,
                 on_error=self.internal_error,
             )
+            refused = self.requests.sampling_refused
+            if cfg.sample_rate and refused is not None:
+                # Loud and once, at start-up: the option is not honoured.
+                logger.error(
+                    "asgi_perf: sample_rate=%s is not applied with engine=%r: %s. Requests "
+                    "that ask (X-Perf-Profile: 1) are still profiled; to sample, use "
+                    "engine='pyinstrument'.",
+                    cfg.sample_rate,
+                    cfg.engine,
+                    refused,
+                )
         requests = self.requests
         self.windows = Windows(
             self.engine,

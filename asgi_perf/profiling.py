@@ -77,11 +77,19 @@ class RequestProfiler:
         self.skipped = 0
         self.failed = 0
         self.skipped_budget = 0
+        # An engine that leaks what it profiles (yappi on Python 3.11+) is
+        # never used for sampled requests: a load test would feed it without
+        # end. Requests that ask (X-Perf-Profile) still get a profile.
+        self.sampling_refused: str | None = getattr(engine, "leak", None)
+        self.refused = 0
         # Set by the core: no request profiles while a window runs.
         self.paused: Callable[[], bool] = lambda: False
 
     def start(self, on_demand: bool) -> Ticket | None:
         """Start profiling a request, or None when it must go unprofiled."""
+        if not on_demand and self.sampling_refused is not None:
+            self.refused += 1
+            return None
         if self.active >= self.max_concurrent or self.paused():
             self.skipped += 1
             return None
@@ -165,6 +173,8 @@ class RequestProfiler:
             "active": self.active,
             "max_concurrent_profiles": self.max_concurrent,
             "skipped_budget": self.skipped_budget,
+            "refused": self.refused,
+            "sampling_refused": self.sampling_refused,
             "profile_budget": self.hook_time.budget,
             "hook_share": round(self.hook_time.share(), 5),
         }

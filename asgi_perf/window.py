@@ -26,6 +26,8 @@ from asgi_perf.engines import WINDOW_ONLY, Engine, Recording
 from asgi_perf.storage import ProfileStore
 
 _IDLE_WAIT_S = 5.0
+# How often a window whose recording watches a budget (yappi's leak) asks it.
+WATCH_S = 1.0
 # Failed windows remembered, so a late stop is told what happened, not 404.
 _FAILURES_KEPT = 32
 
@@ -64,7 +66,11 @@ class Window:
     tag: str | None = None
     # The server window (of every worker) this one is this worker's part of.
     part_of: str | None = None
+    stopped_early: str | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    watch: asyncio.TimerHandle | None = field(default=None, repr=False)
+    # Set when the window ends, however it ends: whoever waits for it wakes.
+    ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -184,7 +190,25 @@ class Windows:
         if seconds is not None:
             # The time limit holds even if nobody comes back to stop it.
             window.timer = asyncio.get_running_loop().call_later(seconds, self._expire, window.id)
+        if hasattr(recording, "over_budget"):
+            window.watch = asyncio.get_running_loop().call_later(WATCH_S, self._watch, window.id)
         return window
+
+    def _watch(self, window_id: str) -> None:
+        """Stop a window early when its recording says its budget is spent."""
+        window = self.current
+        if window is None or window.id != window_id:
+            return
+        try:
+            why: str | None = window.recording.over_budget()  # type: ignore[attr-defined]
+        except Exception as exc:
+            self._on_error("window_watch", exc)
+            why = None
+        if why is None:
+            window.watch = asyncio.get_running_loop().call_later(WATCH_S, self._watch, window_id)
+            return
+        window.stopped_early = why
+        self._expire(window_id)
 
     def _expire(self, window_id: str) -> None:
         if self.current is not None and self.current.id == window_id:
@@ -217,9 +241,7 @@ class Windows:
         window = self.current
         if window is None or window.id != window_id:
             return None
-        self.current = None
-        if window.timer is not None:
-            window.timer.cancel()
+        self._end(window)
         try:
             capture = window.recording.stop()
         except Exception as exc:
@@ -239,9 +261,18 @@ class Windows:
                 "tag": window.tag,
             }
         )
+        if window.stopped_early is not None:
+            capture.meta["stopped_early"] = window.stopped_early
         self.completed += 1
         self.last_capture = capture
         return capture
+
+    def _end(self, window: Window) -> None:
+        self.current = None
+        for timer in (window.timer, window.watch):
+            if timer is not None:
+                timer.cancel()
+        window.ended.set()
 
     def _failed(self, window: Window, exc: Exception) -> WindowFailed:
         """Clean up after an engine that failed to stop; the error to raise."""
@@ -272,9 +303,7 @@ class Windows:
         window = self.current
         if window is None or window.id != window_id:
             return
-        self.current = None
-        if window.timer is not None:
-            window.timer.cancel()
+        self._end(window)
         self.aborted += 1
         with contextlib.suppress(Exception):
             window.recording.abort()

@@ -108,7 +108,9 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
             return await server_profile(request, seconds, r)
         pid_arg(request)
         window = await start_window(request, seconds)
-        client_left = await wait_or_hang_up(request, seconds, lambda: windows.abort(window.id))
+        client_left = await wait_or_hang_up(
+            request, seconds, lambda: windows.abort(window.id), ended=window.ended
+        )
         if client_left:
             # The client is gone; uvicorn drops whatever is sent now.
             return Response(status_code=499)
@@ -316,13 +318,22 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
     add(r"/windows/(?P<wid>[^/]+)/stop", {"POST": windows_stop})
 
 
-async def wait_or_hang_up(request: Request, seconds: float, abort: Callable[[], None]) -> bool:
-    """Wait ``seconds``; True when the client hung up first (``abort`` has run then).
+async def wait_or_hang_up(
+    request: Request,
+    seconds: float,
+    abort: Callable[[], None],
+    *,
+    ended: asyncio.Event | None = None,
+) -> bool:
+    """Wait ``seconds``, or until ``ended`` (the window ended early); True when
+    the client hung up first (``abort`` has run then).
 
     A cancelled request aborts too, at once: nobody waits for the file (the
     server, or a layer above, gave up on it), and nothing half-made is kept.
     """
-    done = asyncio.ensure_future(asyncio.sleep(seconds))
+    done = asyncio.ensure_future(
+        asyncio.sleep(seconds) if ended is None else asyncio.wait_for(ended.wait(), seconds)
+    )
     gone = asyncio.ensure_future(_disconnected(request))
     waited = False
     try:
