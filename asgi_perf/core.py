@@ -298,14 +298,17 @@ class PerfCore:
         """Start this worker's part of a server window (on its event loop)."""
         engine = str(request["engine"])
 
-        def start() -> str:
-            return self.windows.start(
-                engine,
-                None,
-                tag=request.get("tag"),
-                native=bool(request.get("native")),
-                part_of=str(request["id"]),
-            ).id
+        def start() -> str | None:
+            try:
+                return self.windows.start(
+                    engine,
+                    None,
+                    tag=request.get("tag"),
+                    native=bool(request.get("native")),
+                    part_of=str(request["id"]),
+                ).id
+            except WindowFailed:
+                return None  # counted by start; the part says it could not start
 
         return self._on_loop(start, needs_loop=engine not in WINDOW_ONLY)
 

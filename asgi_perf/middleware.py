@@ -237,6 +237,8 @@ class PerfMiddleware:
         if self._lifespan_profile:
             try:
                 core.windows.start(self.config.window_engine, None, kind="lifespan")
+            except WindowFailed:
+                pass  # counted and logged where it failed
             except Exception as exc:
                 core.internal_error("lifespan_profile", exc)
 

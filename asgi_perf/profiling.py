@@ -9,10 +9,10 @@ counted and dropped: the request is always served.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -104,6 +104,7 @@ class RequestProfiler:
         except Exception as exc:
             self.failed += 1
             self._on_error("profile_start", exc)
+            self._unhook_if_idle()
             return None
         if recording is None:  # single-flight engine busy
             self.skipped += 1
@@ -137,8 +138,10 @@ class RequestProfiler:
         except Exception as exc:
             self.failed += 1
             self._on_error("profile_stop", exc)
-            with contextlib.suppress(Exception):
+            try:
                 ticket.recording.abort()
+            except Exception:
+                self._unhook_if_idle()
             return
         try:
             method, _, template = route.partition(" ")
@@ -163,6 +166,12 @@ class RequestProfiler:
         except Exception as exc:
             self.failed += 1
             self._on_error("profile_store", exc)
+
+    def _unhook_if_idle(self) -> None:
+        """An engine that failed may have left its hook on this (the loop's)
+        thread; with no other request profiled now, none may stay."""
+        if self.active == 0:
+            sys.setprofile(None)
 
     def stats(self) -> dict[str, object]:
         return {

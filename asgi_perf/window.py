@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.engines import WINDOW_ONLY, Engine, Recording
+from asgi_perf.errors import EngineUnavailable
 from asgi_perf.storage import ProfileStore
 
 _IDLE_WAIT_S = 5.0
@@ -47,12 +48,23 @@ class EngineBusy(Exception):
 
 
 class WindowFailed(Exception):
-    """The engine failed while ending a window: aborted, its profile lost, counted."""
+    """The engine failed to start or to end a window: nothing runs, the failure is counted."""
 
-    def __init__(self, window_id: str, engine: str, message: str) -> None:
+    def __init__(self, window_id: str | None, engine: str, message: str) -> None:
         super().__init__(message)
         self.window_id = window_id
         self.engine = engine
+
+
+def unhook() -> None:
+    """Remove a profiler hook that a failed engine may have left on this thread.
+
+    A hook left behind would tax every call until restart. Only called when
+    nothing else profiles: windows and request profiles never nest, and
+    hooking engines start on the loop's thread, where this runs.
+    """
+    sys.setprofile(None)
+    threading.setprofile(None)
 
 
 @dataclass
@@ -166,13 +178,27 @@ class Windows:
             raise WindowBusy(self.current)
         # The sampler and py-spy keep their own rate (sampler_hz): 0 says so.
         interval_s = 0.0 if engine in WINDOW_ONLY else (interval_ms or self._interval_ms) / 1000
-        found = self._engine(engine)
-        # Only py-spy reads native (C) frames, and only when asked: it costs.
-        recording = (
-            found.start_window(interval_s, native=True)  # type: ignore[call-arg]
-            if native
-            else found.start_window(interval_s)
-        )
+        try:
+            found = self._engine(engine)
+            # Only py-spy reads native (C) frames, and only when asked: it costs.
+            recording = (
+                found.start_window(interval_s, native=True)  # type: ignore[call-arg]
+                if native
+                else found.start_window(interval_s)
+            )
+        except EngineUnavailable:
+            raise  # missing, refused, capped: said as it is, not a failure
+        except Exception as exc:
+            self._on_error("window_start", exc)
+            self.failed += 1
+            if engine not in WINDOW_ONLY:
+                unhook()  # it may have hooked before it failed
+            raise WindowFailed(
+                None,
+                engine,
+                f"the {engine} engine failed to start ({type(exc).__name__}: {exc}); "
+                "no window runs (see the server log)",
+            ) from exc
         if recording is None:
             raise EngineBusy(f"engine {engine!r} is busy profiling requests; try again")
         now = time.time()
@@ -281,11 +307,7 @@ class Windows:
         with contextlib.suppress(Exception):
             window.recording.abort()
         if window.engine not in WINDOW_ONLY:
-            # A hook left behind would tax every call until restart, and
-            # nothing else profiles now: windows and request profiles never
-            # nest. Hooking engines start on the loop's thread, where this runs.
-            sys.setprofile(None)
-            threading.setprofile(None)
+            unhook()
         failed = WindowFailed(
             window.id,
             window.engine,

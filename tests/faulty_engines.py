@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from asgi_perf.capture import Capture
+from asgi_perf.capture import Capture, FrameId
 from asgi_perf.engines import ENGINES
 from asgi_perf.engines.cprofile_impl import CProfileEngine
 
@@ -92,8 +92,9 @@ class _BadStacks:
 
     def stop(self) -> Capture:
         capture: Capture = self._recording.stop()
-        # A stack that no renderer can read: a frame that is not a frame.
-        capture.stacks = {(object(),): 1.0}  # type: ignore[dict-item]
+        # Stored like any profile (it is valid JSON), but no format can be
+        # made of it: a frame's line is not a number.
+        capture.stacks = {(FrameId("broken", "broken.py", "not-a-line"),): 1.0}  # type: ignore[arg-type]
         capture.pstats = None
         return capture
 

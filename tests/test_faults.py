@@ -9,8 +9,11 @@ really hang up.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import faulty_engines
@@ -199,3 +202,224 @@ async def test_a_window_still_running_at_shutdown_is_stored_to_profile_dir(
     assert any(name.endswith(f"{wid}.prof") for name in written), sorted(out.iterdir())
     assert mw.core.windows.current is None
     assert mw.core.internal_errors == 0
+
+
+# --------------------------------------------------------------------------- the harness
+
+
+class Traffic:
+    """Requests to the app all along a test, in the background: every one 2xx."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.statuses: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        n = 0
+        while True:
+            n += 1
+            path = "/" if n % 2 else f"/items/{n}"
+            self.statuses.append((await self.client.get(path)).status_code)
+            await asyncio.sleep(0.002)
+
+    async def __aenter__(self) -> Traffic:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def __aexit__(self, failed: object, *exc: object) -> None:
+        assert self._task is not None
+        for _ in range(250):  # a quick test still sees some traffic served alongside
+            if failed is not None or len(self.statuses) >= 5 or self._task.done():
+                break
+            await asyncio.sleep(0.02)
+        self._task.cancel()
+        outcome = await asyncio.gather(self._task, return_exceptions=True)
+        if failed is not None:
+            return  # the test's own failure says more
+        assert isinstance(outcome[0], asyncio.CancelledError), outcome
+        assert len(self.statuses) >= 5, "the background traffic hardly ran"
+        bad = [s for s in self.statuses if not 200 <= s < 300]
+        assert not bad, f"background requests not served: {bad[:10]}"
+
+
+class Perf:
+    """Calls to ``/_perf``: never a 500, every error a JSON answer."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = await self.client.request(method, f"/_perf{path}", **kwargs)
+        assert response.status_code != 500, (path, response.text)
+        if response.status_code >= 400:
+            assert response.headers["content-type"].startswith("application/json"), path
+            assert response.json()["error"], path
+        return response
+
+    async def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.call("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.call("POST", path, **kwargs)
+
+    async def internal_errors(self) -> int:
+        return int((await self.get("/stats")).json()["internal_errors"])
+
+    async def exercise(self) -> None:
+        """Everything that writes or renders a profile, once."""
+        for _ in range(3):
+            profiled = await self.client.get("/items/3", headers={"X-Perf-Profile": "1"})
+            assert profiled.status_code == 200
+        started = await self.post("/windows", params={"seconds": 30})
+        if started.status_code == 201:
+            await asyncio.sleep(0.2)
+            await self.post(f"/windows/{started.json()['id']}/stop")
+        await self.get("/profile", params={"seconds": 1})
+        listed = (await self.get("/profiles")).json()["profiles"]
+        for meta in listed[:3]:
+            for fmt in ("prof", "svg", "collapsed"):
+                await self.get(f"/profiles/{meta['id']}.{fmt}")
+
+
+# --------------------------------------------------------------------------- profile_dir
+
+
+def unwritable(path: Path) -> Path:
+    """A directory that cannot be written, for root too (no permission bits stop root)."""
+    if os.geteuid() == 0:
+        return Path("/proc/asgi-perf-cannot-write-here")
+    path.mkdir()
+    path.chmod(0o500)
+    return path
+
+
+@pytest.mark.parametrize("fault", ["unwritable", "deleted", "replaced"])
+async def test_a_profile_dir_that_fails_never_fails_a_request(client_for, tmp_path, fault):
+    directory = tmp_path / "profiles"
+    if fault == "unwritable":
+        directory = unwritable(directory)
+    mw = perf(profile_dir=str(directory), window_engine="sampler")
+    async with client_for(mw) as client, Traffic(client):
+        perf_api = Perf(client)
+        assert (await client.get("/items/1", headers={"X-Perf-Profile": "1"})).status_code == 200
+        if fault == "deleted":
+            shutil.rmtree(directory, ignore_errors=True)
+        elif fault == "replaced":
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.write_text("not a directory any more")
+        await perf_api.exercise()
+        errors = await perf_api.internal_errors()
+        store = (await perf_api.get("/stats")).json()["profiling"]["store"]
+    # Every write that failed is counted, and nothing else failed.
+    assert errors == store["disk_errors"], store
+    if fault != "deleted":
+        assert errors > 0
+    if fault == "replaced":
+        assert directory.read_text() == "not a directory any more"
+
+
+# --------------------------------------------------------------------------- engines
+
+
+async def test_an_engine_that_fails_to_start_a_window_is_a_503_and_counted(client_for):
+    mw = perf()
+    async with client_for(mw) as client, Traffic(client):
+        perf_api = Perf(client)
+        response = await perf_api.post("/windows", params={"seconds": 30, "engine": "start_fails"})
+        assert response.status_code == ENGINE_FAILED, response.text
+        assert "failed to start" in response.json()["error"]
+        response = await perf_api.get("/profile", params={"seconds": 1, "engine": "start_fails"})
+        assert response.status_code == ENGINE_FAILED, response.text
+        assert await perf_api.internal_errors() == 2
+        assert sys.getprofile() is None
+        # Nothing half-started stays: the next window runs.
+        started = await perf_api.post("/windows", params={"seconds": 30, "engine": "cprofile"})
+        assert started.status_code == 201
+        assert (await perf_api.post(f"/windows/{started.json()['id']}/stop")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("engine", "failures"),
+    # cProfile neither stopped nor aborted stays busy (single-flight): the
+    # requests after the first are not profiled, counted as skipped.
+    [("start_fails", 3), ("stop_fails", 3), ("stop_and_abort_fail", 1)],
+)
+async def test_a_request_engine_that_fails_serves_the_request_and_counts(
+    client_for, engine, failures
+):
+    mw = perf(engine=engine)
+    async with client_for(mw) as client, Traffic(client):
+        perf_api = Perf(client)
+        for i in range(3):
+            response = await client.get(f"/items/{i}", headers={"X-Perf-Profile": "1"})
+            assert response.status_code == 200
+            assert response.json() == {"id": i}
+        assert await perf_api.internal_errors() == failures
+        requests = (await perf_api.get("/stats")).json()["profiling"]["requests"]
+        assert requests["failed"] == failures
+        assert requests["failed"] + requests["skipped"] == 3
+    # The hook a failed engine left is gone, whatever failed.
+    assert sys.getprofile() is None
+
+
+async def test_a_profile_no_format_can_render_is_a_json_answer_and_counted(client_for):
+    mw = perf(window_engine="render_fails")
+    async with client_for(mw) as client, Traffic(client):
+        perf_api = Perf(client)
+        started = await perf_api.post("/windows", params={"seconds": 30})
+        wid = started.json()["id"]
+        stopped = await perf_api.post(f"/windows/{wid}/stop")
+        assert stopped.status_code == 200, stopped.text
+        before = await perf_api.internal_errors()
+        for fmt in ("prof", "svg", "speedscope.json", "collapsed", "pb.gz"):
+            response = await perf_api.get(f"/profiles/{wid}.{fmt}")
+            assert response.status_code == ENGINE_FAILED, (fmt, response.text)
+        assert await perf_api.internal_errors() == before + 5
+        # The file asked for in the same request as the window fails the same way.
+        response = await perf_api.get("/profile", params={"seconds": 1, "format": "svg"})
+        assert response.status_code == ENGINE_FAILED, response.text
+
+
+# --------------------------------------------------------------------------- clients that leave
+
+
+async def test_a_client_that_leaves_during_a_download_breaks_nothing(live_server, client_for):
+    mw = perf(window_engine="cprofile")
+    server = live_server(mw)
+    async with client_for(server.url) as client, Traffic(client):
+        perf_api = Perf(client)
+        started = await perf_api.post("/windows", params={"seconds": 30})
+        for i in range(200):
+            await client.get(f"/items/{i}")
+        wid = started.json()["id"]
+        assert (await perf_api.post(f"/windows/{wid}/stop")).status_code == 200
+        for _ in range(3):
+            async with (
+                client_for(server.url) as leaving,
+                leaving.stream("GET", f"/_perf/profiles/{wid}.svg") as body,
+            ):
+                assert body.status_code == 200
+                async for _chunk in body.aiter_bytes():
+                    break  # and hang up, the rest unread
+        assert (await perf_api.get(f"/profiles/{wid}.svg")).status_code == 200
+        assert await perf_api.internal_errors() == 0
+
+
+async def test_shutdown_with_a_window_whose_engine_fails_still_shuts_down(
+    live_server, client_for, tmp_path
+):
+    out = tmp_path / "profiles"
+    mw = perf(profile_dir=str(out))
+    server = live_server(mw)
+    async with client_for(server.url) as client, Traffic(client):
+        started = await Perf(client).post(
+            "/windows", params={"seconds": 300, "engine": "stop_fails"}
+        )
+        assert started.status_code == 201
+        for _ in range(5):
+            assert (await client.get("/")).status_code == 200
+    server.stop()  # raises if the shutdown hangs
+    assert mw.core.internal_errors == 1
+    assert mw.core.windows.current is None
+    assert not list(out.glob(f"*{started.json()['id']}*"))

@@ -97,6 +97,8 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
         except EngineUnavailable as exc:
             # py-spy missing, or the system refuses to trace: say how to fix it.
             raise BadRequest(409, str(exc), engine=engine) from None
+        except WindowFailed as failed:
+            raise BadRequest(ENGINE_FAILED, str(failed), engine=engine) from None
 
     async def profile(request: Request) -> Response:
         if "last" in request.query_params:
