@@ -84,6 +84,7 @@ class ProfileMeta(TypedDict, total=False):
     continuous: bool  # cut from the continuous ring (?last=N)
     last_s: float
     route_filter: str  # a view of one route's samples
+    stopped_early: str  # why a window ended before its time (yappi's leak budget)
 
 
 @dataclass

@@ -38,7 +38,7 @@ from asgi_perf.server_windows import ServerWindows
 from asgi_perf.stats.merge import NotMergeable, merge_snapshots
 from asgi_perf.stats.store import Recorder
 from asgi_perf.storage import ProfileStore
-from asgi_perf.window import Windows
+from asgi_perf.window import WindowFailed, Windows
 from asgi_perf.workers import Workers, server_directory
 
 logger = logging.getLogger("asgi_perf")
@@ -151,6 +151,17 @@ class PerfCore:
                 over_budget=self.over_budget,
                 on_error=self.internal_error,
             )
+            refused = self.requests.sampling_refused
+            if cfg.sample_rate and refused is not None:
+                # Loud and once, at start-up: the option is not honoured.
+                logger.error(
+                    "asgi_perf: sample_rate=%s is not applied with engine=%r: %s. Requests "
+                    "that ask (X-Perf-Profile: 1) are still profiled; to sample, use "
+                    "engine='pyinstrument'.",
+                    cfg.sample_rate,
+                    cfg.engine,
+                    refused,
+                )
         requests = self.requests
         self.windows = Windows(
             self.engine,
@@ -287,19 +298,28 @@ class PerfCore:
         """Start this worker's part of a server window (on its event loop)."""
         engine = str(request["engine"])
 
-        def start() -> str:
-            return self.windows.start(
-                engine,
-                None,
-                tag=request.get("tag"),
-                native=bool(request.get("native")),
-                part_of=str(request["id"]),
-            ).id
+        def start() -> str | None:
+            try:
+                return self.windows.start(
+                    engine,
+                    None,
+                    tag=request.get("tag"),
+                    native=bool(request.get("native")),
+                    part_of=str(request["id"]),
+                ).id
+            except WindowFailed:
+                return None  # counted by start; the part says it could not start
 
         return self._on_loop(start, needs_loop=engine not in WINDOW_ONLY)
 
     def _leave_window(self, local_id: str) -> Capture | None:
-        return self._on_loop(lambda: self.windows.take(local_id), needs_loop=False)
+        def take() -> Capture | None:
+            try:
+                return self.windows.take(local_id)
+            except WindowFailed:
+                return None  # counted by take; the part says "no capture"
+
+        return self._on_loop(take, needs_loop=False)
 
     def _on_loop(self, fn: Callable[[], T], *, needs_loop: bool) -> T | None:
         """``fn()`` on the event loop's thread, waited for; None when it cannot run.

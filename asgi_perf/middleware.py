@@ -26,6 +26,7 @@ from asgi_perf.memory import traced_growth, traced_start
 from asgi_perf.profiling import PROFILE_HEADER, PROFILE_ID_KEY, Ticket, request_tag
 from asgi_perf.routes import route_path
 from asgi_perf.stats.store import EXCEPTION, INCOMPLETE
+from asgi_perf.window import WindowFailed
 
 logger = logging.getLogger("asgi_perf")
 _perf_counter_ns = time.perf_counter_ns
@@ -131,9 +132,8 @@ class PerfMiddleware:
                 # The server's loop is known from start-up on: the watchers
                 # (memory readings, loop monitor) start before any request.
                 self._attach_loop()
-                if self._lifespan_profile:
-                    await self._lifespan(scope, receive, send)
-                    return
+                await self._lifespan(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         # A substring test first: one C call decides for almost every request.
@@ -230,31 +230,46 @@ class PerfMiddleware:
         return ticket
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``lifespan_profile``: profile from start-up to shutdown; the file
-        lands in ``profile_dir``."""
+        """The app's lifespan, watched: ``lifespan_profile`` starts at start-up,
+        and at shutdown whatever window still runs is stopped and stored (to
+        ``profile_dir``), not lost with the process."""
         core = self.core
-        window_id = ""
-        try:
-            window_id = core.windows.start(self.config.window_engine, None, kind="lifespan").id
-        except Exception as exc:
-            core.internal_error("lifespan_profile", exc)
+        if self._lifespan_profile:
+            try:
+                core.windows.start(self.config.window_engine, None, kind="lifespan")
+            except WindowFailed:
+                pass  # counted and logged where it failed
+            except Exception as exc:
+                core.internal_error("lifespan_profile", exc)
 
         async def watched_receive() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.shutdown" and window_id:
-                try:
-                    meta = core.windows.stop(window_id)
-                    if meta is not None:
-                        logger.info(
-                            "asgi_perf: lifespan profile %s written to %s",
-                            meta.get("id"),
-                            self.config.profile_dir,
-                        )
-                except Exception as exc:
-                    core.internal_error("lifespan_profile", exc)
+            if message["type"] == "lifespan.shutdown":
+                self._stop_window_at_shutdown()
             return message
 
         await self.app(scope, watched_receive, send)
+
+    def _stop_window_at_shutdown(self) -> None:
+        core = self.core
+        window = core.windows.current
+        if window is None:
+            return
+        try:
+            meta = core.windows.stop(window.id)
+        except WindowFailed:
+            return  # counted and logged where it failed
+        except Exception as exc:
+            core.internal_error("shutdown_window", exc)
+            return
+        if meta is not None:
+            where = self.config.profile_dir if meta.get("stored") else None
+            logger.info(
+                "asgi_perf: %s profile %s stopped at shutdown; %s",
+                window.kind,
+                meta.get("id"),
+                f"written to {where}" if where else "not written (no profile_dir)",
+            )
 
     def _attach_loop(self) -> None:
         try:

@@ -9,10 +9,10 @@ counted and dropped: the request is always served.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -77,11 +77,19 @@ class RequestProfiler:
         self.skipped = 0
         self.failed = 0
         self.skipped_budget = 0
+        # An engine that leaks what it profiles (yappi on Python 3.11+) is
+        # never used for sampled requests: a load test would feed it without
+        # end. Requests that ask (X-Perf-Profile) still get a profile.
+        self.sampling_refused: str | None = getattr(engine, "leak", None)
+        self.refused = 0
         # Set by the core: no request profiles while a window runs.
         self.paused: Callable[[], bool] = lambda: False
 
     def start(self, on_demand: bool) -> Ticket | None:
         """Start profiling a request, or None when it must go unprofiled."""
+        if not on_demand and self.sampling_refused is not None:
+            self.refused += 1
+            return None
         if self.active >= self.max_concurrent or self.paused():
             self.skipped += 1
             return None
@@ -96,6 +104,7 @@ class RequestProfiler:
         except Exception as exc:
             self.failed += 1
             self._on_error("profile_start", exc)
+            self._unhook_if_idle()
             return None
         if recording is None:  # single-flight engine busy
             self.skipped += 1
@@ -129,8 +138,10 @@ class RequestProfiler:
         except Exception as exc:
             self.failed += 1
             self._on_error("profile_stop", exc)
-            with contextlib.suppress(Exception):
+            try:
                 ticket.recording.abort()
+            except Exception:
+                self._unhook_if_idle()
             return
         try:
             method, _, template = route.partition(" ")
@@ -156,6 +167,12 @@ class RequestProfiler:
             self.failed += 1
             self._on_error("profile_store", exc)
 
+    def _unhook_if_idle(self) -> None:
+        """An engine that failed may have left its hook on this (the loop's)
+        thread; with no other request profiled now, none may stay."""
+        if self.active == 0:
+            sys.setprofile(None)
+
     def stats(self) -> dict[str, object]:
         return {
             "engine": self.engine.name,
@@ -165,6 +182,8 @@ class RequestProfiler:
             "active": self.active,
             "max_concurrent_profiles": self.max_concurrent,
             "skipped_budget": self.skipped_budget,
+            "refused": self.refused,
+            "sampling_refused": self.sampling_refused,
             "profile_budget": self.hook_time.budget,
             "hook_share": round(self.hook_time.share(), 5),
         }

@@ -13,16 +13,24 @@ import asyncio
 import contextlib
 import os
 import secrets
+import sys
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.engines import WINDOW_ONLY, Engine, Recording
+from asgi_perf.errors import EngineUnavailable
 from asgi_perf.storage import ProfileStore
 
 _IDLE_WAIT_S = 5.0
+# How often a window whose recording watches a budget (yappi's leak) asks it.
+WATCH_S = 1.0
+# Failed windows remembered, so a late stop is told what happened, not 404.
+_FAILURES_KEPT = 32
 
 WindowKind = Literal["window", "lifespan"]
 
@@ -39,6 +47,26 @@ class EngineBusy(Exception):
     """The engine cannot start now (single-flight, or busy with requests)."""
 
 
+class WindowFailed(Exception):
+    """The engine failed to start or to end a window: nothing runs, the failure is counted."""
+
+    def __init__(self, window_id: str | None, engine: str, message: str) -> None:
+        super().__init__(message)
+        self.window_id = window_id
+        self.engine = engine
+
+
+def unhook() -> None:
+    """Remove a profiler hook that a failed engine may have left on this thread.
+
+    A hook left behind would tax every call until restart. Only called when
+    nothing else profiles: windows and request profiles never nest, and
+    hooking engines start on the loop's thread, where this runs.
+    """
+    sys.setprofile(None)
+    threading.setprofile(None)
+
+
 @dataclass
 class Window:
     id: str
@@ -50,7 +78,11 @@ class Window:
     tag: str | None = None
     # The server window (of every worker) this one is this worker's part of.
     part_of: str | None = None
+    stopped_early: str | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    watch: asyncio.TimerHandle | None = field(default=None, repr=False)
+    # Set when the window ends, however it ends: whoever waits for it wakes.
+    ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -86,6 +118,8 @@ class Windows:
         self.max_seconds = max_seconds
         self.completed = 0
         self.aborted = 0
+        self.failed = 0
+        self._failures: OrderedDict[str, WindowFailed] = OrderedDict()
         self._starting = 0
         # The last window's capture, for when the store could not keep it.
         self.last_capture: Capture | None = None
@@ -144,13 +178,27 @@ class Windows:
             raise WindowBusy(self.current)
         # The sampler and py-spy keep their own rate (sampler_hz): 0 says so.
         interval_s = 0.0 if engine in WINDOW_ONLY else (interval_ms or self._interval_ms) / 1000
-        found = self._engine(engine)
-        # Only py-spy reads native (C) frames, and only when asked: it costs.
-        recording = (
-            found.start_window(interval_s, native=True)  # type: ignore[call-arg]
-            if native
-            else found.start_window(interval_s)
-        )
+        try:
+            found = self._engine(engine)
+            # Only py-spy reads native (C) frames, and only when asked: it costs.
+            recording = (
+                found.start_window(interval_s, native=True)  # type: ignore[call-arg]
+                if native
+                else found.start_window(interval_s)
+            )
+        except EngineUnavailable:
+            raise  # missing, refused, capped: said as it is, not a failure
+        except Exception as exc:
+            self._on_error("window_start", exc)
+            self.failed += 1
+            if engine not in WINDOW_ONLY:
+                unhook()  # it may have hooked before it failed
+            raise WindowFailed(
+                None,
+                engine,
+                f"the {engine} engine failed to start ({type(exc).__name__}: {exc}); "
+                "no window runs (see the server log)",
+            ) from exc
         if recording is None:
             raise EngineBusy(f"engine {engine!r} is busy profiling requests; try again")
         now = time.time()
@@ -168,11 +216,36 @@ class Windows:
         if seconds is not None:
             # The time limit holds even if nobody comes back to stop it.
             window.timer = asyncio.get_running_loop().call_later(seconds, self._expire, window.id)
+        if hasattr(recording, "over_budget"):
+            window.watch = asyncio.get_running_loop().call_later(WATCH_S, self._watch, window.id)
         return window
+
+    def _watch(self, window_id: str) -> None:
+        """Stop a window early when its recording says its budget is spent."""
+        window = self.current
+        if window is None or window.id != window_id:
+            return
+        try:
+            why: str | None = window.recording.over_budget()  # type: ignore[attr-defined]
+        except Exception as exc:
+            self._on_error("window_watch", exc)
+            why = None
+        if why is None:
+            window.watch = asyncio.get_running_loop().call_later(WATCH_S, self._watch, window_id)
+            return
+        window.stopped_early = why
+        self._expire(window_id)
 
     def _expire(self, window_id: str) -> None:
         if self.current is not None and self.current.id == window_id:
-            self.stop(window_id)
+            # A timer callback has nobody to raise to: a failure is counted
+            # and remembered for whoever asks for the window next.
+            with contextlib.suppress(WindowFailed):
+                self.stop(window_id)
+
+    def failure(self, window_id: str) -> WindowFailed | None:
+        """How the window ``window_id`` failed, if it did (recently)."""
+        return self._failures.get(window_id)
 
     def stop(self, window_id: str) -> ProfileMeta | None:
         """End the window and store its profile; returns its metadata."""
@@ -186,18 +259,19 @@ class Windows:
         return {**self._store.meta(stored), "stored": True}
 
     def take(self, window_id: str) -> Capture | None:
-        """End the window and hand its capture over, keeping nothing."""
+        """End the window and hand its capture over, keeping nothing.
+
+        ``WindowFailed`` when the engine fails: the window is aborted and
+        the failure counted before it is raised.
+        """
         window = self.current
         if window is None or window.id != window_id:
             return None
-        self.current = None
-        if window.timer is not None:
-            window.timer.cancel()
+        self._end(window)
         try:
             capture = window.recording.stop()
         except Exception as exc:
-            self._on_error("window_stop", exc)
-            return None
+            raise self._failed(window, exc) from exc
         ended = time.time()
         capture.meta.update(
             {
@@ -213,18 +287,45 @@ class Windows:
                 "tag": window.tag,
             }
         )
+        if window.stopped_early is not None:
+            capture.meta["stopped_early"] = window.stopped_early
         self.completed += 1
         self.last_capture = capture
         return capture
+
+    def _end(self, window: Window) -> None:
+        self.current = None
+        for timer in (window.timer, window.watch):
+            if timer is not None:
+                timer.cancel()
+        window.ended.set()
+
+    def _failed(self, window: Window, exc: Exception) -> WindowFailed:
+        """Clean up after an engine that failed to stop; the error to raise."""
+        self._on_error("window_stop", exc)
+        self.failed += 1
+        with contextlib.suppress(Exception):
+            window.recording.abort()
+        if window.engine not in WINDOW_ONLY:
+            unhook()
+        failed = WindowFailed(
+            window.id,
+            window.engine,
+            f"the {window.engine} engine failed while stopping window {window.id} "
+            f"({type(exc).__name__}: {exc}); the window was aborted and its profile "
+            "is lost (see the server log)",
+        )
+        self._failures[window.id] = failed
+        while len(self._failures) > _FAILURES_KEPT:
+            self._failures.popitem(last=False)
+        return failed
 
     def abort(self, window_id: str) -> None:
         """End the window and keep nothing (its client went away)."""
         window = self.current
         if window is None or window.id != window_id:
             return
-        self.current = None
-        if window.timer is not None:
-            window.timer.cancel()
+        self._end(window)
         self.aborted += 1
         with contextlib.suppress(Exception):
             window.recording.abort()
@@ -234,5 +335,6 @@ class Windows:
             "running": None if self.current is None else self.current.info(),
             "completed": self.completed,
             "aborted": self.aborted,
+            "failed": self.failed,
             "max_window_seconds": self.max_seconds,
         }

@@ -53,9 +53,15 @@ class PerfAPI:
             response = await self._respond(scope, receive)
         except BadRequest as exc:
             response = error_response(exc.status, exc.message, **exc.extra)
-        except Exception as exc:  # a bug of ours must not become a 500 page with a trace
+        except Exception as exc:  # a bug of ours must not become an error page with a trace
             self._on_error("endpoint", exc)
-            response = error_response(500, "internal error in asgi_perf; see the server log")
+            # 503, not 500: asgi_perf could not do it (a profile no format can
+            # be made of, a failing engine), the app itself is fine; counted.
+            response = error_response(
+                503,
+                f"asgi_perf failed to answer this ({type(exc).__name__}); "
+                "see the server log. The app is not affected",
+            )
         await response(scope, receive, send)
 
     async def _respond(self, scope: Scope, receive: Receive) -> Response:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import time
@@ -14,7 +13,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from asgi_perf.api._downloads import Downloads, download_name, renderer, view_of
-from asgi_perf.api._http import AddRoute, BadRequest, json_response, parse_int, query_bool
+from asgi_perf.api._http import (
+    AddRoute,
+    BadRequest,
+    error_response,
+    json_response,
+    parse_int,
+    query_bool,
+)
 from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.core import PerfCore
 from asgi_perf.engines import ENGINES
@@ -22,7 +28,17 @@ from asgi_perf.errors import EngineUnavailable
 from asgi_perf.renderers import Renderer
 from asgi_perf.server_windows import ServerWindowBusy
 from asgi_perf.storage import ID_RE
-from asgi_perf.window import EngineBusy, Window, WindowBusy
+from asgi_perf.window import EngineBusy, Window, WindowBusy, WindowFailed
+
+# An engine that fails is neither the client's fault (4xx) nor a crash of
+# ours (500): the profiling service could not do it, the app is fine.
+ENGINE_FAILED = 503
+
+
+def engine_failed(failed: WindowFailed) -> Response:
+    return error_response(
+        ENGINE_FAILED, str(failed), window=failed.window_id, engine=failed.engine, aborted=True
+    )
 
 
 def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
@@ -81,6 +97,8 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
         except EngineUnavailable as exc:
             # py-spy missing, or the system refuses to trace: say how to fix it.
             raise BadRequest(409, str(exc), engine=engine) from None
+        except WindowFailed as failed:
+            raise BadRequest(ENGINE_FAILED, str(failed), engine=engine) from None
 
     async def profile(request: Request) -> Response:
         if "last" in request.query_params:
@@ -92,17 +110,25 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
             return await server_profile(request, seconds, r)
         pid_arg(request)
         window = await start_window(request, seconds)
-        client_left = await wait_or_hang_up(request, seconds, lambda: windows.abort(window.id))
+        client_left = await wait_or_hang_up(
+            request, seconds, lambda: windows.abort(window.id), ended=window.ended
+        )
         if client_left:
             # The client is gone; uvicorn drops whatever is sent now.
             return Response(status_code=499)
-        meta: ProfileMeta | None = windows.stop(window.id)
+        try:
+            meta: ProfileMeta | None = windows.stop(window.id)
+        except WindowFailed as failed:
+            return engine_failed(failed)
         if meta is None:
             # The time limit (or a stop request) ended it first.
             try:
                 meta = {**store.meta(window.id), "stored": True}
             except KeyError:
                 meta = None
+            failure = windows.failure(window.id)
+            if meta is None and failure is not None:
+                return engine_failed(failure)
         capture = windows.last_capture
         if meta is not None and meta["stored"]:
             return await files.send_stored(meta["id"], r, request)
@@ -260,8 +286,15 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
                         {**stopped, "error": "larger than max_profile_bytes: not kept"}, 200
                     )
                 return json_response(files.described(stopped))
-        meta = windows.stop(window_id)
+        try:
+            meta = windows.stop(window_id)
+        except WindowFailed as failed:
+            return engine_failed(failed)
         if meta is None:
+            failure = windows.failure(window_id)
+            if failure is not None:
+                # Its time limit came first, and the engine failed then.
+                return engine_failed(failure)
             # Already ended (its time limit, or an earlier stop): answer with
             # what it stored, so a stop racing the limit is not an error.
             try:
@@ -287,24 +320,38 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
     add(r"/windows/(?P<wid>[^/]+)/stop", {"POST": windows_stop})
 
 
-async def wait_or_hang_up(request: Request, seconds: float, abort: Callable[[], None]) -> bool:
-    """Wait ``seconds``; True when the client hung up first (``abort`` has run then).
+async def wait_or_hang_up(
+    request: Request,
+    seconds: float,
+    abort: Callable[[], None],
+    *,
+    ended: asyncio.Event | None = None,
+) -> bool:
+    """Wait ``seconds``, or until ``ended`` (the window ended early); True when
+    the client hung up first (``abort`` has run then).
 
-    A cancelled request aborts too: nobody waits for the file, and nothing
-    half-made is kept.
+    A cancelled request aborts too, at once: nobody waits for the file (the
+    server, or a layer above, gave up on it), and nothing half-made is kept.
     """
-    done = asyncio.ensure_future(asyncio.sleep(seconds))
+    done = asyncio.ensure_future(
+        asyncio.sleep(seconds) if ended is None else asyncio.wait_for(ended.wait(), seconds)
+    )
     gone = asyncio.ensure_future(_disconnected(request))
+    waited = False
     try:
         await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+        waited = True
     finally:
+        # Decided before the helpers are cancelled below: a cancelled task
+        # is "done" too, so asking afterwards mistook a cancellation for
+        # the end of the wait and left the window running.
         client_left = gone.done() and not gone.cancelled()
+        if client_left or not waited:
+            abort()
         for task in (done, gone):
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        if client_left or not done.done():
-            abort()
+        # Reaped, not suppressed: a second cancellation of ours still propagates.
+        await asyncio.gather(done, gone, return_exceptions=True)
     return client_left
 
 
