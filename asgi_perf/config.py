@@ -17,6 +17,7 @@ from typing import Any
 from asgi_perf._types import Scope
 from asgi_perf.engines import WINDOW_ONLY, check_engine_name
 from asgi_perf.errors import ConfigError
+from asgi_perf.units import whole_number
 
 RouteKeyFunc = Callable[[Scope], str]
 AuthorizeFunc = Callable[[Scope], bool]
@@ -246,10 +247,10 @@ def _parse_bool(raw: str) -> bool:
 
 
 def _parse_int(raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError("expected a whole number") from None
+    value = whole_number(raw)
+    if value is None:
+        raise ValueError("expected a whole number (digits 0-9 only)")
+    return value
 
 
 def _parse_float(raw: str) -> float:
