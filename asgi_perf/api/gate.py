@@ -72,7 +72,7 @@ class Gate:
             return None if allowed else error_response(403, "forbidden by the authorize hook")
         if self._token is not None:
             given = bearer_token(scope)
-            # latin-1 gives back the header's own bytes, so a UTF-8 token matches.
+            # latin-1 gives back the header's own bytes; the token is ASCII (config).
             if given is not None and hmac.compare_digest(given.encode("latin-1"), self._token):
                 return None
             return error_response(
