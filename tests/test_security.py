@@ -422,6 +422,49 @@ async def test_loopback_over_real_uvicorn(live_server):
         assert forwarded.json()["status"] == 403
 
 
+# What a proxy may send alone; each one means "forwarded" (issue #13.7).
+FORWARDING_HEADERS = [
+    ("X-Forwarded-For", "127.0.0.1"),
+    ("Forwarded", "for=127.0.0.1"),
+    ("X-Real-IP", "127.0.0.1"),
+    ("True-Client-IP", "127.0.0.1"),
+    ("X-Client-IP", "127.0.0.1"),
+    ("CF-Connecting-IP", "127.0.0.1"),
+    ("X-Cluster-Client-IP", "127.0.0.1"),
+    ("Fastly-Client-IP", "127.0.0.1"),
+    ("X-Original-Forwarded-For", "127.0.0.1"),
+    ("X-Forwarded", "for=127.0.0.1"),
+    ("X-Forwarded-Host", "example.com"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Forwarded-Port", "443"),
+    ("Via", "1.1 proxy"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), FORWARDING_HEADERS, ids=[h for h, _ in FORWARDING_HEADERS]
+)
+async def test_each_forwarding_header_over_real_uvicorn_is_refused(live_server, name, value):
+    server = live_server(make_app())
+    async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as client:
+        assert (await client.get("/_perf/stats")).status_code == 200
+        refused = await client.get("/_perf/stats", headers={name: value})
+        assert refused.status_code == 403
+        assert "loopback" in refused.json()["error"]
+        # The same gate decides who may ask for a profile by header.
+        asked = await client.get("/hello/a", headers={name: value, "X-Perf-Profile": "1"})
+        assert asked.status_code == 200
+        assert "x-perf-profile-id" not in asked.headers
+        direct = await client.get("/hello/a", headers={"X-Perf-Profile": "1"})
+        assert "x-perf-profile-id" in direct.headers
+    # Through a proxy, the token opens the door, as before.
+    server = live_server(make_app(token="s3cret"))
+    async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as client:
+        bearer = {name: value, "Authorization": "Bearer s3cret"}
+        assert (await client.get("/_perf/stats", headers=bearer)).status_code == 200
+        assert (await client.get("/_perf/stats", headers={name: value})).status_code == 401
+
+
 async def test_token_over_real_uvicorn(live_server):
     server = live_server(make_app(token="s3cret"))
     async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as client:
