@@ -23,7 +23,8 @@ RouteKeyFunc = Callable[[Scope], str]
 AuthorizeFunc = Callable[[Scope], bool]
 BudgetsSource = Mapping[str, Any] | str | os.PathLike[str] | None
 
-_PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~\-/]*[A-Za-z0-9._~\-]$")
+# Used with fullmatch: "$" would let a trailing newline through.
+_PREFIX_RE = re.compile(r"/[A-Za-z0-9._~\-/]*[A-Za-z0-9._~\-]")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -87,7 +88,7 @@ class PerfConfig:
         _check_bool("strict", self.strict)
         _check_bool("enabled", self.enabled)
         _check_bool("tracemalloc", self.tracemalloc)
-        if not isinstance(self.prefix, str) or not _PREFIX_RE.match(self.prefix):
+        if not isinstance(self.prefix, str) or not _PREFIX_RE.fullmatch(self.prefix):
             raise ConfigError(
                 f"prefix: {self.prefix!r} must start with '/', not end with '/', "
                 "and use only letters, digits and ._~-/"

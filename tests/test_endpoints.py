@@ -428,6 +428,7 @@ def noop_app() -> FastAPI:
         ({"prefix": "/"}, "prefix"),
         ({"prefix": ""}, "prefix"),
         ({"prefix": "/a b"}, "prefix"),
+        ({"prefix": "/_perf\n"}, "prefix"),  # "$" matched before a trailing newline
         ({"prefix": 5}, "prefix"),
         ({"max_routes": 0}, "max_routes"),
         ({"max_routes": -1}, "max_routes"),

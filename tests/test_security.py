@@ -465,6 +465,30 @@ async def test_each_forwarding_header_over_real_uvicorn_is_refused(live_server, 
         assert (await client.get("/_perf/stats", headers={name: value})).status_code == 401
 
 
+async def test_an_id_with_a_trailing_newline_is_no_id_over_real_uvicorn(live_server):
+    server = live_server(make_app())
+    async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as client:
+        asked = await client.get("/hello/a", headers={"X-Perf-Profile": "1"})
+        pid = asked.headers["x-perf-profile-id"]
+        assert (await client.get(f"/_perf/profiles/{pid}.svg")).status_code == 200
+        # "$" matches before a trailing newline: "<id>\n" passed for an id.
+        for end in ("%0A", "%0D", "%0D%0A"):
+            for method, path in [
+                ("GET", f"/_perf/profiles/{pid}{end}.svg"),
+                ("GET", f"/_perf/profiles/{pid}{end}.prof"),
+                ("GET", f"/_perf/profiles/{pid}{end}"),
+                ("GET", f"/_perf/profiles/{pid}{end}/routes"),
+                ("GET", f"/_perf/profiles/{pid}{end}/speedscope"),
+                ("GET", f"/_perf/profiles/{pid}{end}/snakeviz"),
+                ("GET", f"/_perf/profiles/merged.svg?ids={pid}{end}"),
+                ("POST", f"/_perf/windows/{pid}{end}/stop"),
+            ]:
+                response = await client.request(method, path)
+                assert response.status_code == 400, (path, response.text)
+                assert response.headers["content-type"] == "application/json"
+                assert "id" in response.json()["error"]
+
+
 async def test_token_over_real_uvicorn(live_server):
     server = live_server(make_app(token="s3cret"))
     async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as client:
