@@ -83,7 +83,19 @@ class PerfClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # trust_env=False: a proxy from the environment must not intercept
         # requests to a loopback app, and .netrc must not add credentials.
-        self._http = httpx.Client(timeout=timeout, headers=headers, trust_env=False)
+        # No keep-alive: a pooled connection the server closes as a request
+        # goes out on it (its idle timeout, uvicorn's 5 s, against a CLI
+        # polling every 5 s) fails that request with "Server disconnected
+        # without sending a response". Retrying would not do: POSTs (reset,
+        # windows) and GET /profile (it starts a window) are not safe to send
+        # twice. A connection per request costs a handshake, on a client
+        # that makes a request every few seconds at most.
+        self._http = httpx.Client(
+            timeout=timeout,
+            headers=headers,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     # ----------------------------------------------------------------- lifecycle
 

@@ -17,12 +17,14 @@ from typing import Any
 from asgi_perf._types import Scope
 from asgi_perf.engines import WINDOW_ONLY, check_engine_name
 from asgi_perf.errors import ConfigError
+from asgi_perf.units import whole_number
 
 RouteKeyFunc = Callable[[Scope], str]
 AuthorizeFunc = Callable[[Scope], bool]
 BudgetsSource = Mapping[str, Any] | str | os.PathLike[str] | None
 
-_PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~\-/]*[A-Za-z0-9._~\-]$")
+# Used with fullmatch: "$" would let a trailing newline through.
+_PREFIX_RE = re.compile(r"/[A-Za-z0-9._~\-/]*[A-Za-z0-9._~\-]")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -86,13 +88,13 @@ class PerfConfig:
         _check_bool("strict", self.strict)
         _check_bool("enabled", self.enabled)
         _check_bool("tracemalloc", self.tracemalloc)
-        if not isinstance(self.prefix, str) or not _PREFIX_RE.match(self.prefix):
+        if not isinstance(self.prefix, str) or not _PREFIX_RE.fullmatch(self.prefix):
             raise ConfigError(
                 f"prefix: {self.prefix!r} must start with '/', not end with '/', "
                 "and use only letters, digits and ._~-/"
             )
-        if self.token is not None and (not isinstance(self.token, str) or not self.token):
-            raise ConfigError("token: must be a non-empty string or None")
+        if self.token is not None:
+            _check_token(self.token)
         for name in ("authorize", "route_key"):
             value = getattr(self, name)
             if value is not None and not callable(value):
@@ -231,8 +233,10 @@ class PerfConfig:
             try:
                 merged = dataclasses.replace(merged, **{name: parse(raw.strip())})
             except ValueError as exc:
-                # ConfigError is a ValueError: range checks land here too.
-                raise ConfigError(f"{var}={raw!r}: {exc}") from None
+                # ConfigError is a ValueError: range checks land here too. A
+                # secret is not repeated: this message is logged and served.
+                shown = "<hidden>" if name in _SECRETS else repr(raw)
+                raise ConfigError(f"{var}={shown}: {exc}") from None
         return merged
 
 
@@ -246,10 +250,10 @@ def _parse_bool(raw: str) -> bool:
 
 
 def _parse_int(raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError("expected a whole number") from None
+    value = whole_number(raw)
+    if value is None:
+        raise ValueError("expected a whole number (digits 0-9 only)")
+    return value
 
 
 def _parse_float(raw: str) -> float:
@@ -294,6 +298,8 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
 }
 # Options whose variable is not ASGI_PERF_ + the option's name.
 _ENV_NAMES = {"shared_dir": "ASGI_PERF_DIR"}
+# Options whose value an error message never shows.
+_SECRETS = frozenset({"token"})
 # What PerfConfig.salvage keeps of a configuration that failed.
 _SALVAGED = ("strict", "enabled", "prefix", "token", "authorize")
 _ERROR_OPTION = re.compile(r"^(?:unknown option '(\w+)'|(ASGI_PERF_\w+)=|(\w+): )")
@@ -309,6 +315,33 @@ def option_of(error: str) -> str | None:
         return str(unknown or variable)
     # "name: ..." is an option's own message only when name is an option.
     return name if name in {f.name for f in dataclasses.fields(PerfConfig)} else None
+
+
+def _check_token(token: object) -> None:
+    """A token a client can send as ``Authorization: Bearer <token>`` and match.
+
+    The messages never show the token: they are logged, and served by the
+    503 of ``/_perf``.
+    """
+    if not isinstance(token, str) or not token:
+        raise ConfigError("token: must be a non-empty string or None")
+    if token != token.strip():
+        # The gate strips the header's value, as HTTP does (RFC 9110 5.5):
+        # such a token could never match, and every client would get a 401.
+        raise ConfigError(
+            "token: starts or ends with whitespace, which no request can carry "
+            "(a header's value is read stripped); remove it"
+        )
+    if not token.isascii():
+        raise ConfigError(
+            "token: has a non-ASCII character, which HTTP clients do not send in a "
+            "header; use ASCII letters, digits and punctuation (secrets.token_urlsafe())"
+        )
+    if not token.isprintable():
+        raise ConfigError(
+            "token: has a control character (a newline, a tab...), which a header "
+            "cannot carry; use ASCII letters, digits and punctuation"
+        )
 
 
 def _check_bool(name: str, value: object) -> None:

@@ -28,11 +28,16 @@ __all__ = [
     "parse_growth_mb_per_h",
     "parse_rate",
     "parse_size_mb",
+    "whole_number",
 ]
 
 _QUANTITY_RE = re.compile(
     r"^\s*(?P<num>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>[^\d\s.+-]*)\s*$"
 )
+
+# Past this many significant digits a number is out of every range asgi_perf
+# accepts; int() itself refuses strings of more than 4300 digits (ValueError).
+_MAX_DIGITS = 18
 
 _DURATION_MS: Mapping[str, float] = {
     "": 1.0,
@@ -104,6 +109,23 @@ def _parse(value: object, name: str, units: Mapping[str, float], expected: str) 
     if number < 0:
         raise ConfigError(f"{name}: must be >= 0, got {value!r}")
     return number
+
+
+def whole_number(text: str) -> int | None:
+    """``text`` as an int when it is ASCII digits only (``"0"``..``"9"``), else None.
+
+    The one way a whole number a person typed is read: query parameters,
+    CLI options and environment variables. ``int()`` also takes other
+    scripts' digits (``"٣"``), signs, spaces and ``_``; ``str.isdigit()``
+    says yes to ``"²"``, which ``int()`` then refuses. More than 18
+    significant digits is None too: larger than any bound here, and past
+    4300 digits ``int()`` raises.
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    if len(text.lstrip("0")) > _MAX_DIGITS:
+        return None
+    return int(text)
 
 
 def number_text(value: float) -> str:

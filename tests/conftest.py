@@ -57,6 +57,7 @@ class LiveServer:
     app: Any
     lifespan: str = "auto"
     root_path: str = ""
+    timeout_keep_alive: int = KEEP_ALIVE_S
     url: str = ""
     server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
@@ -76,7 +77,7 @@ class LiveServer:
             root_path=self.root_path,
             log_level="warning",
             access_log=False,
-            timeout_keep_alive=KEEP_ALIVE_S,
+            timeout_keep_alive=self.timeout_keep_alive,
             timeout_graceful_shutdown=5,
         )
         self.server = server = uvicorn.Server(config)
@@ -127,11 +128,20 @@ def live_server() -> Iterator[Callable[..., LiveServer]]:
     """Factory: ``live_server(app, lifespan="auto")`` -> a started ``LiveServer``.
 
     ``.url`` is its base URL; every server is stopped at teardown.
+    ``timeout_keep_alive``: seconds uvicorn keeps an idle connection open.
     """
     servers: list[LiveServer] = []
 
-    def start(app: Any, *, lifespan: str = "auto", root_path: str = "") -> LiveServer:
-        live = LiveServer(app, lifespan=lifespan, root_path=root_path)
+    def start(
+        app: Any,
+        *,
+        lifespan: str = "auto",
+        root_path: str = "",
+        timeout_keep_alive: int = KEEP_ALIVE_S,
+    ) -> LiveServer:
+        live = LiveServer(
+            app, lifespan=lifespan, root_path=root_path, timeout_keep_alive=timeout_keep_alive
+        )
         servers.append(live)
         live.start()
         return live

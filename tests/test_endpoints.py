@@ -100,6 +100,49 @@ async def test_bad_input_is_a_4xx_json_answer_naming_the_problem(
     assert [(r["route"], r["count"]) for r in before] == [("GET /items/{item_id}", 3)]
 
 
+# Every integer query parameter of the API: (method, path, the rest of the query).
+INTEGER_PARAMETERS = [
+    ("GET", "/_perf/profiles", "limit", ""),
+    ("GET", "/_perf/profile", "last", ""),
+    ("GET", "/_perf/profile", "pid", "seconds=1&"),
+    ("POST", "/_perf/windows", "pid", ""),
+    ("POST", "/_perf/memory/tracemalloc/start", "frames", ""),
+    ("GET", "/_perf/memory/top", "top", ""),
+    ("GET", "/_perf/memory/diff", "top", ""),
+]
+NOT_WHOLE_NUMBERS = {
+    "superscript-2": "%C2%B2",  # str.isdigit() says yes, int() says no
+    "arabic-indic-3": "%D9%A3",  # int() takes it, nobody typed 3
+    "fullwidth-1": "%EF%BC%91",
+    "exponent": "1e3",
+    "negative": "-1",
+    "plus": "%2B1",
+    "space": "%201",
+    "underscore": "1_0",
+    "empty": "",
+    "5000-digits": "9" * 5000,  # int() refuses past 4300 digits
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "name", "before"),
+    INTEGER_PARAMETERS,
+    ids=[f"{p.rsplit('/', 1)[-1]}-{n}" for _, p, n, _ in INTEGER_PARAMETERS],
+)
+@pytest.mark.parametrize("value", NOT_WHOLE_NUMBERS.values(), ids=list(NOT_WHOLE_NUMBERS))
+async def test_integer_parameters_take_ascii_digits_only(asgi, method, path, name, before, value):
+    # continuous=True: ?last= is read (not refused as "continuous is off").
+    mw = PerfMiddleware(FastAPI(), continuous=True)
+    result = await asgi(mw, method, path, query=f"{before}{name}={value}".encode())
+    assert result.status == 400, result.body
+    assert result.header("content-type") == "application/json"
+    body = result.json()
+    assert body["parameter"] == name
+    assert "whole number" in body["error"]
+    assert len(body["error"]) < 200  # a huge value is not echoed whole
+    assert mw.snapshot()["internal_errors"] == 0
+
+
 async def test_bad_input_never_runs_the_action(asgi, app_and_mw):
     _, mw = app_and_mw
     assert (await asgi(mw, "GET", "/items/1")).status == 200
@@ -385,6 +428,7 @@ def noop_app() -> FastAPI:
         ({"prefix": "/"}, "prefix"),
         ({"prefix": ""}, "prefix"),
         ({"prefix": "/a b"}, "prefix"),
+        ({"prefix": "/_perf\n"}, "prefix"),  # "$" matched before a trailing newline
         ({"prefix": 5}, "prefix"),
         ({"max_routes": 0}, "max_routes"),
         ({"max_routes": -1}, "max_routes"),
@@ -434,6 +478,10 @@ def test_missing_budgets_file_names_the_file(tmp_path):
         ("ASGI_PERF_MAX_ROUTES", "many"),
         ("ASGI_PERF_MAX_ROUTES", "1.5"),
         ("ASGI_PERF_MIN_SAMPLES", "x"),
+        # Whole numbers are ASCII digits here too, as in query parameters.
+        ("ASGI_PERF_MAX_ROUTES", "٣٠٠"),
+        ("ASGI_PERF_MAX_ROUTES", "1_000"),
+        ("ASGI_PERF_MIN_SAMPLES", "+5"),
     ],
 )
 def test_bad_environment_values_name_the_variable(monkeypatch, var, value):

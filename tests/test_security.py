@@ -205,15 +205,81 @@ async def test_refused_token_requests_do_not_reset(asgi):
     assert mw.snapshot()["requests"] == 0
 
 
-async def test_a_non_ascii_token_is_either_refused_at_start_up_or_usable(asgi):
+# Tokens no request can match: refused at start-up, never a 401 for everyone.
+UNUSABLE_TOKENS = {
+    "leading-space": " s3cret",
+    "trailing-space": "s3cret ",
+    "trailing-newline": "s3cret\n",  # read from a file with its newline
+    "crlf": "s3cret\r\n",
+    "tab-inside": "s3\tcret",
+    "nul-inside": "s3\x00cret",
+    "del-inside": "s3\x7fcret",
+    "non-ascii": "clé-secrète",
+    "nbsp": "\u00a0s3cret",
+    "empty": "",
+}
+
+
+def assert_token_error(message: str, token: str) -> None:
+    assert "token: " in message, message
+    # Logged and served: the message never repeats the secret.
+    if token.strip():
+        assert token.strip()[:4] not in message, message
+
+
+@pytest.mark.parametrize("token", UNUSABLE_TOKENS.values(), ids=list(UNUSABLE_TOKENS))
+def test_an_unusable_token_fails_start_up_when_strict(token):
     from asgi_perf import ConfigError
 
-    try:
-        mw = make_app(token="clé-secrète")
-    except ConfigError as exc:
-        assert "token" in str(exc)
-        return
-    result = await asgi(mw, "GET", "/_perf/stats", headers=auth("Bearer clé-secrète".encode()))
+    with pytest.raises(ConfigError) as raised:
+        make_app(token=token, strict=True)
+    assert_token_error(str(raised.value), token)
+
+
+@pytest.mark.parametrize("token", UNUSABLE_TOKENS.values(), ids=list(UNUSABLE_TOKENS))
+async def test_an_unusable_token_is_a_503_naming_it_and_the_app_is_served(asgi, caplog, token):
+    mw = make_app(token=token)
+    assert mw.config_error is not None
+    assert_token_error(mw.config_error, token)
+    assert (await asgi(mw, "GET", "/hello/a")).status == 200
+    body = assert_json_error(await asgi(mw, "GET", "/_perf/stats"), 503)
+    assert body["option"] == "token"
+    assert_token_error(body["reason"], token)
+    # The token that failed opens nothing: the loopback rule stands in.
+    assert_json_error(await asgi(mw, "GET", "/_perf/stats", client=REMOTE[0]), 403)
+    bearer = auth(b"Bearer " + token.strip().encode())
+    assert_json_error(await asgi(mw, "GET", "/_perf/stats", client=REMOTE[0], headers=bearer), 403)
+    logged = [r.getMessage() for r in caplog.records if r.name == "asgi_perf"]
+    assert len(logged) == 1 and "token: " in logged[0]
+    assert_token_error(logged[0], token)
+
+
+async def test_an_unusable_token_from_the_environment_is_not_repeated(asgi, monkeypatch):
+    from asgi_perf import ConfigError
+
+    monkeypatch.setenv("ASGI_PERF_TOKEN", "s3\x01cret")
+    mw = make_app()
+    body = assert_json_error(await asgi(mw, "GET", "/_perf/stats"), 503)
+    assert body["option"] == "ASGI_PERF_TOKEN"
+    assert "s3" not in body["error"] and "<hidden>" in body["error"]
+    assert (await asgi(mw, "GET", "/hello/a")).status == 200
+    with pytest.raises(ConfigError, match="ASGI_PERF_TOKEN=<hidden>: token: "):
+        make_app(strict=True)
+
+
+async def test_an_environment_token_is_read_stripped(asgi, monkeypatch):
+    # Like every ASGI_PERF_* value: `export ASGI_PERF_TOKEN="$(cat file)\n"` works.
+    monkeypatch.setenv("ASGI_PERF_TOKEN", " s3cret\n")
+    mw = make_app(strict=True)
+    assert (await asgi(mw, "GET", "/_perf/stats", headers=auth("Bearer s3cret"))).status == 200
+
+
+@pytest.mark.parametrize("token", ["s3cret", "two words", "a-b_c.d~e+f/g=", "!#$%&'*:;<>?@[]^`{|}"])
+async def test_a_printable_ascii_token_is_usable(asgi, token):
+    mw = make_app(token=token, strict=True)
+    result = await asgi(
+        mw, "GET", "/_perf/stats", client=REMOTE[0], headers=auth("Bearer " + token)
+    )
     assert result.status == 200
 
 
@@ -354,6 +420,73 @@ async def test_loopback_over_real_uvicorn(live_server):
         forwarded = await client.get("/_perf/stats", headers={"X-Forwarded-For": "127.0.0.1"})
         assert forwarded.status_code == 403
         assert forwarded.json()["status"] == 403
+
+
+# What a proxy may send alone; each one means "forwarded" (issue #13.7).
+FORWARDING_HEADERS = [
+    ("X-Forwarded-For", "127.0.0.1"),
+    ("Forwarded", "for=127.0.0.1"),
+    ("X-Real-IP", "127.0.0.1"),
+    ("True-Client-IP", "127.0.0.1"),
+    ("X-Client-IP", "127.0.0.1"),
+    ("CF-Connecting-IP", "127.0.0.1"),
+    ("X-Cluster-Client-IP", "127.0.0.1"),
+    ("Fastly-Client-IP", "127.0.0.1"),
+    ("X-Original-Forwarded-For", "127.0.0.1"),
+    ("X-Forwarded", "for=127.0.0.1"),
+    ("X-Forwarded-Host", "example.com"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Forwarded-Port", "443"),
+    ("Via", "1.1 proxy"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), FORWARDING_HEADERS, ids=[h for h, _ in FORWARDING_HEADERS]
+)
+async def test_each_forwarding_header_over_real_uvicorn_is_refused(live_server, name, value):
+    server = live_server(make_app())
+    async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as client:
+        assert (await client.get("/_perf/stats")).status_code == 200
+        refused = await client.get("/_perf/stats", headers={name: value})
+        assert refused.status_code == 403
+        assert "loopback" in refused.json()["error"]
+        # The same gate decides who may ask for a profile by header.
+        asked = await client.get("/hello/a", headers={name: value, "X-Perf-Profile": "1"})
+        assert asked.status_code == 200
+        assert "x-perf-profile-id" not in asked.headers
+        direct = await client.get("/hello/a", headers={"X-Perf-Profile": "1"})
+        assert "x-perf-profile-id" in direct.headers
+    # Through a proxy, the token opens the door, as before.
+    server = live_server(make_app(token="s3cret"))
+    async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as client:
+        bearer = {name: value, "Authorization": "Bearer s3cret"}
+        assert (await client.get("/_perf/stats", headers=bearer)).status_code == 200
+        assert (await client.get("/_perf/stats", headers={name: value})).status_code == 401
+
+
+async def test_an_id_with_a_trailing_newline_is_no_id_over_real_uvicorn(live_server):
+    server = live_server(make_app())
+    async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as client:
+        asked = await client.get("/hello/a", headers={"X-Perf-Profile": "1"})
+        pid = asked.headers["x-perf-profile-id"]
+        assert (await client.get(f"/_perf/profiles/{pid}.svg")).status_code == 200
+        # "$" matches before a trailing newline: "<id>\n" passed for an id.
+        for end in ("%0A", "%0D", "%0D%0A"):
+            for method, path in [
+                ("GET", f"/_perf/profiles/{pid}{end}.svg"),
+                ("GET", f"/_perf/profiles/{pid}{end}.prof"),
+                ("GET", f"/_perf/profiles/{pid}{end}"),
+                ("GET", f"/_perf/profiles/{pid}{end}/routes"),
+                ("GET", f"/_perf/profiles/{pid}{end}/speedscope"),
+                ("GET", f"/_perf/profiles/{pid}{end}/snakeviz"),
+                ("GET", f"/_perf/profiles/merged.svg?ids={pid}{end}"),
+                ("POST", f"/_perf/windows/{pid}{end}/stop"),
+            ]:
+                response = await client.request(method, path)
+                assert response.status_code == 400, (path, response.text)
+                assert response.headers["content-type"] == "application/json"
+                assert "id" in response.json()["error"]
 
 
 async def test_token_over_real_uvicorn(live_server):

@@ -19,7 +19,7 @@ import pytest
 
 from asgi_perf.capture import Capture, FrameId
 from asgi_perf.errors import ConfigError
-from asgi_perf.storage import ID_RE, ProfileStore, route_slug
+from asgi_perf.storage import ID_RE, ProfileStore, is_profile_id, route_slug
 
 ROUTE = "GET /items/{item_id}"
 START = 1_800_000_000.0
@@ -80,6 +80,28 @@ def files(directory: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------ ids and metadata
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["0123456789abcdef\n", "0123456789abcdef\r", "0123456789abcdef0", "0123456789ABCDEF", ""],
+    ids=repr,
+)
+def test_an_id_is_exactly_16_hex_digits(text: str) -> None:
+    store = ProfileStore()
+    first = capture()
+    first.meta["id"] = "0123456789abcdef"
+    assert store.add(first) == "0123456789abcdef"
+    assert not is_profile_id(text)
+    assert not ID_RE.match(text)
+    # Not looked up as an unknown id: refused as no id at all.
+    with pytest.raises(ValueError, match="not a profile id"):
+        store.meta(text)
+    # Nor chosen as the id of a new profile.
+    again = capture()
+    again.meta["id"] = text
+    other = store.add(again)
+    assert other is not None and other != text and is_profile_id(other)
 
 
 def test_add_assigns_a_valid_id_and_fills_metadata() -> None:

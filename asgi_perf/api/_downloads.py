@@ -19,7 +19,7 @@ from asgi_perf.api._http import SECURITY_HEADERS, BadRequest, query_bool
 from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.labels import NotAttributed, view
 from asgi_perf.renderers import RENDERERS, NotRenderable, Renderer
-from asgi_perf.storage import ID_RE, ProfileStore, route_slug
+from asgi_perf.storage import ProfileStore, is_profile_id, route_slug
 
 _ALIASES = ("latest", "slowest")
 # Media types a browser displays rather than saves: these open in place.
@@ -54,7 +54,7 @@ class Downloads:
                 where = f" for route {route!r}" if route else ""
                 raise BadRequest(404, f"no profiles{where} yet")
             return found
-        if not ID_RE.match(ref):
+        if not is_profile_id(ref):
             raise BadRequest(400, f"{ref!r} is not a profile id (16 hex digits, latest or slowest)")
         try:
             store.meta(ref)

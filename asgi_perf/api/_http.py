@@ -8,6 +8,8 @@ from typing import Any, Protocol
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from asgi_perf.units import whole_number
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -60,14 +62,16 @@ def query_bool(request: Request, name: str) -> bool:
 
 
 def parse_int(request: Request, name: str, low: int, high: int, default: int | None = None) -> int:
-    """An integer parameter in ``low..high``: ASCII digits only (``str.isdigit`` is not)."""
+    """An integer parameter in ``low..high``, in ASCII digits (see ``units.whole_number``)."""
     raw = request.query_params.get(name)
     if raw is None and default is not None:
         return default
-    if raw is None or not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+    value = None if raw is None else whole_number(raw)
+    if value is None or not low <= value <= high:
+        shown = raw if raw is None or len(raw) <= 40 else raw[:40] + "..."
         raise BadRequest(
             400,
-            f"parameter {name!r} must be a whole number from {low} to {high}, got {raw!r}",
+            f"parameter {name!r} must be a whole number from {low} to {high}, got {shown!r}",
             parameter=name,
         )
-    return int(raw)
+    return value

@@ -13,17 +13,40 @@ from starlette.responses import Response
 from asgi_perf._types import Scope
 from asgi_perf.api._http import error_response
 
-_FORWARDED = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+# Headers a proxy adds with the address (or host) it forwards for. A proxy on
+# the same host connects from loopback, and may be set to send only one of
+# them: any one of them means the request came from elsewhere.
+_FORWARDED = frozenset(
+    {
+        b"forwarded",
+        b"x-real-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"cf-connecting-ip",
+        b"x-cluster-client-ip",
+        b"fastly-client-ip",
+        b"x-original-forwarded-for",
+        b"via",
+    }
+)
+# X-Forwarded, X-Forwarded-For, -Host, -Proto, -Port, -Server...
+_FORWARDED_PREFIX = b"x-forwarded"
+
+
+def is_forwarded(scope: Scope) -> bool:
+    """Whether a header says a proxy forwarded the request."""
+    for name, _ in scope.get("headers", ()):
+        low = name.lower()
+        if low in _FORWARDED or low.startswith(_FORWARDED_PREFIX):
+            return True
+    return False
 
 
 def is_loopback(scope: Scope) -> bool:
     """A direct loopback client; a forwarding header means a proxy is in between."""
     client = scope.get("client")
-    if not client:
+    if not client or is_forwarded(scope):
         return False
-    for name, _ in scope.get("headers", ()):
-        if name.lower() in _FORWARDED:
-            return False
     try:
         addr = ipaddress.ip_address(str(client[0]).split("%", 1)[0])
     except ValueError:
@@ -72,7 +95,7 @@ class Gate:
             return None if allowed else error_response(403, "forbidden by the authorize hook")
         if self._token is not None:
             given = bearer_token(scope)
-            # latin-1 gives back the header's own bytes, so a UTF-8 token matches.
+            # latin-1 gives back the header's own bytes; the token is ASCII (config).
             if given is not None and hmac.compare_digest(given.encode("latin-1"), self._token):
                 return None
             return error_response(

@@ -22,7 +22,7 @@ from asgi_perf.capture import PROFILE_KINDS, Capture, ProfileMeta, combine
 from asgi_perf.core import PerfCore
 from asgi_perf.labels import is_attributed, route_table
 from asgi_perf.renderers import Renderer
-from asgi_perf.storage import ID_RE, route_slug
+from asgi_perf.storage import is_profile_id, route_slug
 
 _MAX_IDS = 100
 
@@ -75,7 +75,7 @@ def add_profile_routes(add: AddRoute, core: PerfCore) -> None:
 
     async def foreign_meta(ref: str) -> ProfileMeta | None:
         """A profile another worker of the server keeps (None: no worker has it)."""
-        if core.workers is None or not ID_RE.match(ref) or store.has(ref):
+        if core.workers is None or not is_profile_id(ref) or store.has(ref):
             return None
         found = next((m for m in foreign_profiles() if m["id"] == ref), None)
         if found is None:
@@ -135,7 +135,7 @@ def add_profile_routes(add: AddRoute, core: PerfCore) -> None:
             raise BadRequest(400, "merged profiles need exactly one of 'route' or 'ids'")
         if raw_ids is not None:
             ids = [i for i in raw_ids.split(",") if i]
-            if not ids or len(ids) > _MAX_IDS or not all(ID_RE.match(i) for i in ids):
+            if not ids or len(ids) > _MAX_IDS or not all(map(is_profile_id, ids)):
                 raise BadRequest(
                     400,
                     f"parameter 'ids' must be 1..{_MAX_IDS} comma-separated profile ids",

@@ -26,6 +26,7 @@ from asgi_perf.cli._exit import (
 )
 from asgi_perf.engines import ENGINES
 from asgi_perf.renderers import RENDERERS
+from asgi_perf.units import whole_number
 
 __all__ = ["build_parser", "main"]
 
@@ -105,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     span = p.add_mutually_exclusive_group(required=True)
     span.add_argument("--seconds", type=float, metavar="N", help="a new window of N seconds")
     span.add_argument(
-        "--last", type=int, metavar="N", help="the last N seconds, at once (app: continuous=True)"
+        "--last",
+        type=_whole_number,
+        metavar="N",
+        help="the last N seconds, at once (app: continuous=True)",
     )
     p.add_argument("--route", help='only this route\'s samples, e.g. "GET /items/{item_id}"')
     p.add_argument(
@@ -140,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--budgets", metavar="FILE", help="budgets TOML (required for a STATS.json or several URLs)"
     )
     p.add_argument("--junit", metavar="FILE", help="also write the verdicts as JUnit XML")
-    p.add_argument("--min-samples", type=_non_negative_int, metavar="N")
+    p.add_argument("--min-samples", type=_whole_number, metavar="N")
 
     p = command("memory", "memory:cmd_memory", "memory now, its trend, the timeline as a chart")
     p.epilog = (
@@ -152,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print GET /memory as is")
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C (which exits 0)")
     p.add_argument("--interval", type=float, metavar="S", help="with --watch: seconds (2)")
-    p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N refreshes")
+    p.add_argument(
+        "--count", type=_whole_number, metavar="N", help="with --watch: stop after N refreshes"
+    )
 
     p = command("soak", "memory_load:cmd_soak", "sample memory while your load runs; judge it")
     p.epilog = (
@@ -180,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("url", metavar="URL", help="the app, e.g. http://127.0.0.1:8000")
     p.add_argument("--seconds", type=float, required=True, metavar="N", help="how long to wait")
-    p.add_argument("--top", type=int, default=20, metavar="K", help="sites shown (%(default)s)")
+    p.add_argument(
+        "--top", type=_whole_number, default=20, metavar="K", help="sites shown (%(default)s)"
+    )
     p.add_argument(
         "--group-by",
         choices=("lineno", "filename", "traceback"),
@@ -189,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--frames",
-        type=int,
+        type=_whole_number,
         metavar="F",
         help="frames traced if tracing is off (1; 10 with --group-by traceback)",
     )
@@ -221,12 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
+def _whole_number(text: str) -> int:
+    # ASCII digits, as the server reads its parameters: int() would take
+    # "٣", " 3", "+3" or "1_0" here and send a number nobody typed.
+    value = whole_number(text)
+    if value is None:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
     return value
 

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.errors import ConfigError
@@ -27,12 +27,19 @@ from asgi_perf.storage.disk import ProfileDir, capture_json
 from asgi_perf.storage.render_cache import RenderCache
 from asgi_perf.storage.retention import REQUEST, Entry, Retention
 
-__all__ = ["ID_RE", "ProfileStore"]
+__all__ = ["ID_RE", "ProfileStore", "is_profile_id"]
 
-ID_RE = re.compile(r"^[0-9a-f]{16}$")
+# \Z, never $: $ also matches before a trailing newline, and "<id>\n" is not
+# an id. Anchored at the end so that ID_RE.match is exact too.
+ID_RE = re.compile(r"[0-9a-f]{16}\Z")
 MiB = 1 << 20
 
 ErrorHook = Callable[[str, BaseException], None]
+
+
+def is_profile_id(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a profile id: exactly 16 lower-case hex digits."""
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
 
 
 class ProfileStore:
@@ -95,9 +102,7 @@ class ProfileStore:
         wanted = capture.meta.get("id")
         with self._lock:
             taken = isinstance(wanted, str) and wanted in self._index.entries
-        profile_id = (
-            wanted if isinstance(wanted, str) and ID_RE.match(wanted) and not taken else None
-        )
+        profile_id = wanted if is_profile_id(wanted) and not taken else None
         meta: ProfileMeta = {
             **capture.meta,
             "id": profile_id or secrets.token_hex(8),
@@ -264,7 +269,7 @@ class ProfileStore:
         return isinstance(profile_id, str) and profile_id in self._index.entries
 
     def _entry(self, profile_id: str) -> Entry:
-        if not isinstance(profile_id, str) or not ID_RE.match(profile_id):
+        if not is_profile_id(profile_id):
             raise ValueError(f"not a profile id: {profile_id!r}")
         with self._lock:
             return self._index.entries[profile_id]
