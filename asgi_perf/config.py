@@ -17,7 +17,7 @@ from typing import Any
 from asgi_perf._types import Scope
 from asgi_perf.engines import WINDOW_ONLY, check_engine_name
 from asgi_perf.errors import ConfigError
-from asgi_perf.units import whole_number
+from asgi_perf.units import decimal_number, whole_number
 
 RouteKeyFunc = Callable[[Scope], str]
 AuthorizeFunc = Callable[[Scope], bool]
@@ -257,10 +257,10 @@ def _parse_int(raw: str) -> int:
 
 
 def _parse_float(raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError("expected a number") from None
+    value = decimal_number(raw)
+    if value is None:
+        raise ValueError("expected a number such as 30 or 0.05 (digits and one '.')")
+    return value
 
 
 def _parse_optional_str(raw: str) -> str | None:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from asgi_perf.errors import ConfigError
 
 __all__ = [
+    "decimal_number",
     "number_text",
     "parse_duration_ms",
     "parse_growth_mb_per_h",
@@ -126,6 +127,21 @@ def whole_number(text: str) -> int | None:
     if len(text.lstrip("0")) > _MAX_DIGITS:
         return None
     return int(text)
+
+
+_DECIMAL_RE = re.compile(r"[0-9]{1,18}(?:\.[0-9]{1,9})?|\.[0-9]{1,9}")
+
+
+def decimal_number(text: str) -> float | None:
+    """``text`` as a float when it is an ASCII decimal (``30``, ``2.5``), else None.
+
+    ``float()`` also reads ``"nan"``, ``"1e3"``, ``"1_0"``, spaces and other
+    scripts' digits; a number in a query string is read the way
+    ``whole_number`` reads one, with a fraction allowed.
+    """
+    if _DECIMAL_RE.fullmatch(text) is None:
+        return None
+    return float(text)
 
 
 def number_text(value: float) -> str:

@@ -659,7 +659,11 @@ def test_diff_error_rate_and_routes_new_and_gone(
 
 @pytest.mark.parametrize(
     ("threshold", "fragment"),
-    [("p99:ten", "bad threshold 'p99:ten'"), ("p42:10%", "unknown metric 'p42'"), ("p99", "")],
+    [
+        ("p99:ten", "bad threshold 'p99:ten'"),
+        ("p42:10%", "unknown metric 'p42'"),
+        ("p99", ""),
+    ],
 )
 def test_diff_bad_threshold_syntax(
     snapshots: tuple[Path, dict[str, Any]], cli: Run, threshold: str, fragment: str
@@ -862,6 +866,13 @@ def test_a_token_protected_server(
         (("leaks", "http://127.0.0.1:1", "--seconds", "1", "--top", "+5"), "whole number"),
         (("leaks", "http://127.0.0.1:1", "--seconds", "1", "--frames", "²"), "whole number"),
         (("memory", "http://127.0.0.1:1", "--watch", "--count", "\u0661"), "whole number"),
+        # Seconds and minutes are ASCII decimals: float() would take these.
+        (("stats", "http://127.0.0.1:1", "--timeout", "inf"), "a number such as"),
+        (("profile", "http://127.0.0.1:1", "--seconds", "nan"), "a number such as"),
+        (("soak", "http://127.0.0.1:1", "--minutes", "1e3"), "a number such as"),
+        (("leaks", "http://127.0.0.1:1", "--seconds", "\uff11"), "a number such as"),
+        # Past this a timer overflows time_t: a traceback, before.
+        (("stats", "http://127.0.0.1:1", "--timeout", "9" * 18), "at most"),
         (("merge", "a.prof"), "-o/--output"),
         (("no-such-command",), "invalid choice"),
     ],

@@ -143,6 +143,36 @@ async def test_integer_parameters_take_ascii_digits_only(asgi, method, path, nam
     assert mw.snapshot()["internal_errors"] == 0
 
 
+NOT_DECIMALS = {
+    "nan": "nan",
+    "inf": "inf",
+    "exponent": "1e1",
+    "fullwidth-10": "%EF%BC%91%EF%BC%90",  # float() reads it as 10
+    "underscore": "1_0",
+    "space": "%2010",
+    "5000-digits": "9" * 5000,
+}
+
+
+@pytest.mark.parametrize("value", NOT_DECIMALS.values(), ids=list(NOT_DECIMALS))
+async def test_seconds_take_ascii_decimals_only(asgi, value):
+    mw = PerfMiddleware(FastAPI())
+    result = await asgi(mw, "POST", "/_perf/windows", query=f"seconds={value}".encode())
+    assert result.status == 400, result.body
+    body = result.json()
+    assert body["parameter"] == "seconds"
+    assert len(body["error"]) < 200
+    assert mw.snapshot()["internal_errors"] == 0
+
+
+async def test_seconds_with_a_fraction_are_read(asgi):
+    mw = PerfMiddleware(FastAPI())
+    started = await asgi(mw, "POST", "/_perf/windows", query=b"seconds=1.5")
+    assert started.status == 201, started.body
+    stopped = await asgi(mw, "POST", f"/_perf/windows/{started.json()['id']}/stop")
+    assert stopped.status == 200, stopped.body
+
+
 async def test_bad_input_never_runs_the_action(asgi, app_and_mw):
     _, mw = app_and_mw
     assert (await asgi(mw, "GET", "/items/1")).status == 200
@@ -482,6 +512,11 @@ def test_missing_budgets_file_names_the_file(tmp_path):
         ("ASGI_PERF_MAX_ROUTES", "٣٠٠"),
         ("ASGI_PERF_MAX_ROUTES", "1_000"),
         ("ASGI_PERF_MIN_SAMPLES", "+5"),
+        # Decimals are ASCII too: float() reads all of these.
+        ("ASGI_PERF_SAMPLE_RATE", "nan"),
+        ("ASGI_PERF_MEMORY_INTERVAL_S", "inf"),
+        ("ASGI_PERF_SAMPLE_RATE", "5e-2"),
+        ("ASGI_PERF_FLUSH_INTERVAL_S", "\uff11"),
     ],
 )
 def test_bad_environment_values_name_the_variable(monkeypatch, var, value):

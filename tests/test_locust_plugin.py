@@ -402,3 +402,21 @@ def test_distributed_run_starts_one_window_from_the_master(
     # Only the worker sent requests: the id reached it from the master.
     assert {tag for _, tag in seen} == {run.name}
     assert plugin_lines(worker_out) == []
+
+
+def test_a_run_id_is_matched_whole() -> None:
+    # The id names a directory: "ci-2\n" passed a `$` pattern before. In a
+    # process of its own: importing locust here would monkey-patch pytest's.
+    code = (
+        "import argparse\n"
+        "from asgi_perf.integrations._locust_options import _run_id_arg\n"
+        "assert _run_id_arg('ci-2') == 'ci-2'\n"
+        "for value in ['ci-2\\n', '', '.hidden', 'a/b', 'x' * 65]:\n"
+        "    try:\n"
+        "        _run_id_arg(value)\n"
+        "    except argparse.ArgumentTypeError:\n"
+        "        continue\n"
+        "    raise SystemExit(f'accepted {value!r}')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -50,6 +50,11 @@ def error_response(
     return json_response({"error": message, "status": status, **extra}, status, headers)
 
 
+def shown(raw: str | None) -> str:
+    """A client's value quoted in an error, cut short: a huge one is not echoed whole."""
+    return repr(raw if raw is None or len(raw) <= 40 else raw[:40] + "...")
+
+
 def query_bool(request: Request, name: str) -> bool:
     raw = request.query_params.get(name)
     if raw is None:
@@ -58,7 +63,7 @@ def query_bool(request: Request, name: str) -> bool:
         return True
     if raw.lower() in ("0", "false", "no"):
         return False
-    raise BadRequest(400, f"parameter {name!r} must be 0 or 1, got {raw!r}", parameter=name)
+    raise BadRequest(400, f"parameter {name!r} must be 0 or 1, got {shown(raw)}", parameter=name)
 
 
 def parse_int(request: Request, name: str, low: int, high: int, default: int | None = None) -> int:
@@ -68,10 +73,9 @@ def parse_int(request: Request, name: str, low: int, high: int, default: int | N
         return default
     value = None if raw is None else whole_number(raw)
     if value is None or not low <= value <= high:
-        shown = raw if raw is None or len(raw) <= 40 else raw[:40] + "..."
         raise BadRequest(
             400,
-            f"parameter {name!r} must be a whole number from {low} to {high}, got {shown!r}",
+            f"parameter {name!r} must be a whole number from {low} to {high}, got {shown(raw)}",
             parameter=name,
         )
     return value

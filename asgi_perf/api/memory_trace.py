@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from asgi_perf.api._http import AddRoute, BadRequest, json_response, parse_int
+from asgi_perf.api._http import AddRoute, BadRequest, json_response, parse_int, shown
 from asgi_perf.memory.tracing import GROUP_BY, Conflict, GroupBy, LeakFinder, TracingError
 
 T = TypeVar("T")
@@ -30,7 +30,7 @@ def _group_by(request: Request) -> GroupBy:
         accepted = ", ".join(GROUP_BY)
         raise BadRequest(
             400,
-            f"parameter 'group_by' must be one of {accepted}, got {raw!r}",
+            f"parameter 'group_by' must be one of {accepted}, got {shown(raw)}",
             parameter="group_by",
             accepted=list(GROUP_BY),
         )

@@ -20,6 +20,7 @@ from asgi_perf.api._http import (
     json_response,
     parse_int,
     query_bool,
+    shown,
 )
 from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.core import PerfCore
@@ -28,6 +29,7 @@ from asgi_perf.errors import EngineUnavailable
 from asgi_perf.renderers import Renderer
 from asgi_perf.server_windows import ServerWindowBusy
 from asgi_perf.storage import ID_RE
+from asgi_perf.units import decimal_number
 from asgi_perf.window import EngineBusy, Window, WindowBusy, WindowFailed
 
 # An engine that fails is neither the client's fault (4xx) nor a crash of
@@ -66,15 +68,13 @@ def add_window_routes(add: AddRoute, core: PerfCore, files: Downloads) -> None:
             if default is None:
                 raise BadRequest(400, "parameter 'seconds' is required", parameter="seconds")
             return default
-        try:
-            seconds = float(raw)
-        except ValueError:
-            seconds = float("nan")
+        number = decimal_number(raw)
+        seconds = float("nan") if number is None else number
         if not 1 <= seconds <= cfg.max_window_seconds:
             raise BadRequest(
                 400,
                 f"parameter 'seconds' must be a number from 1 to {cfg.max_window_seconds}, "
-                f"got {raw!r}",
+                f"got {shown(raw)}",
                 parameter="seconds",
             )
         return seconds

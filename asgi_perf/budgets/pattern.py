@@ -29,7 +29,7 @@ _PARSERS: Mapping[str, Callable[..., float]] = {
 }
 KNOWN = ", ".join((*METRICS, "min_samples"))
 _SPECIAL = frozenset({"<unmatched>", "<other>"})
-_TOKEN_RE = re.compile(r"^[!#$%&'+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 tchar, minus the glob '*'
+_TOKEN_RE = re.compile(r"[!#$%&'+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 tchar, minus the glob '*'
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -64,7 +64,7 @@ class Budget:
             raise ConfigError(f'{where}: expected "METHOD /path", "/path" or "*"')
         method = parts[0].upper() if len(parts) == 2 else None
         path = parts[-1]
-        if method is not None and not _TOKEN_RE.match(method):
+        if method is not None and not _TOKEN_RE.fullmatch(method):
             raise ConfigError(
                 f"{where}: method {parts[0]!r} is not an HTTP method token "
                 "(leave the method out to match any)"

@@ -26,7 +26,7 @@ from asgi_perf.cli._exit import (
 )
 from asgi_perf.engines import ENGINES
 from asgi_perf.renderers import RENDERERS
-from asgi_perf.units import whole_number
+from asgi_perf.units import decimal_number, whole_number
 
 __all__ = ["build_parser", "main"]
 
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the app serves asgi_perf (default: $ASGI_PERF_PREFIX or %(default)s)",
     )
     remote.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for an answer (%(default)s)"
+        "--timeout", type=_number, default=30.0, help="seconds to wait for an answer (%(default)s)"
     )
 
     def command(name: str, handler: str, help: str, remote_options: bool = True) -> Any:
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "url", metavar="URL", nargs="+", help="several: one window on each at once, merged"
     )
     span = p.add_mutually_exclusive_group(required=True)
-    span.add_argument("--seconds", type=float, metavar="N", help="a new window of N seconds")
+    span.add_argument("--seconds", type=_number, metavar="N", help="a new window of N seconds")
     span.add_argument(
         "--last",
         type=_whole_number,
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", metavar="URL", help="the app, e.g. http://127.0.0.1:8000")
     p.add_argument("--json", action="store_true", help="print GET /memory as is")
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C (which exits 0)")
-    p.add_argument("--interval", type=float, metavar="S", help="with --watch: seconds (2)")
+    p.add_argument("--interval", type=_number, metavar="S", help="with --watch: seconds (2)")
     p.add_argument(
         "--count", type=_whole_number, metavar="N", help="with --watch: stop after N refreshes"
     )
@@ -168,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
         '"growing". Ctrl-C ends early: the result of the points taken, exit 130.'
     )
     p.add_argument("url", metavar="URL", help="the app, e.g. http://127.0.0.1:8000")
-    p.add_argument("--minutes", type=float, required=True, metavar="N", help="how long (0.5 too)")
-    p.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds (%(default)s)")
+    p.add_argument("--minutes", type=_number, required=True, metavar="N", help="how long (0.5 too)")
+    p.add_argument(
+        "--interval", type=_number, default=5.0, metavar="S", help="seconds (%(default)s)"
+    )
     p.add_argument(
         "--csv",
         metavar="FILE",
@@ -185,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "waits --seconds while your load runs, then lists the sites that grew most."
     )
     p.add_argument("url", metavar="URL", help="the app, e.g. http://127.0.0.1:8000")
-    p.add_argument("--seconds", type=float, required=True, metavar="N", help="how long to wait")
+    p.add_argument("--seconds", type=_number, required=True, metavar="N", help="how long to wait")
     p.add_argument(
         "--top", type=_whole_number, default=20, metavar="K", help="sites shown (%(default)s)"
     )
@@ -235,6 +237,20 @@ def _whole_number(text: str) -> int:
     value = whole_number(text)
     if value is None:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+_LARGEST = 10_000_000  # seconds (115 days) or minutes: longer than anyone waits
+
+
+def _number(text: str) -> float:
+    """A number of seconds or minutes: ASCII decimals only (no nan, inf, 1e9)."""
+    value = decimal_number(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected a number such as 30 or 2.5, got {text!r}")
+    if value > _LARGEST:
+        # Past this, timers overflow the platform's time_t (a traceback, not a wait).
+        raise argparse.ArgumentTypeError(f"expected at most {_LARGEST:,}, got {text!r}")
     return value
 
 

@@ -16,7 +16,7 @@ from asgi_perf.cli._exit import EXIT_FAILED, EXIT_OK
 
 THRESHOLD_METRICS = ("p50", "p90", "p95", "p99", "p999", "max", "mean", "error_rate")
 _SHOWN = ("count", "errors", "p50", "p90", "p95", "p99", "max", "mean")
-_THRESHOLD_RE = re.compile(r"^([a-z0-9_]+):(\d+(?:\.\d*)?|\.\d+)%?$")
+_THRESHOLD_RE = re.compile(r"([a-z0-9_]+):(\d+(?:\.\d*)?|\.\d+)%?")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Threshold:
 
 def parse_threshold(text: str) -> Threshold:
     """argparse ``type=`` for ``--fail``: its ValueError becomes a one-line usage error."""
-    match = _THRESHOLD_RE.match(text.strip().lower())
+    match = _THRESHOLD_RE.fullmatch(text.strip().lower())
     if match is None:
         raise argparse.ArgumentTypeError(
             f"bad threshold {text!r}: expected METRIC:PERCENT like p99:10% "

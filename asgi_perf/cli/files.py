@@ -21,9 +21,9 @@ from asgi_perf.cli._common import (
 from asgi_perf.cli._exit import EXIT_OK
 from asgi_perf.renderers import RENDERERS, NotRenderable, render
 
-_COLLAPSED_LINE = re.compile(r"^(.*\S)\s+(\d+(?:\.\d+)?)$")
+_COLLAPSED_LINE = re.compile(r"(.*\S)\s+(\d+(?:\.\d+)?)")
 # "function (file:line)" as asgi_perf writes frames; anything else is a bare name.
-_COLLAPSED_FRAME = re.compile(r"^(.*) \(([^()]*?)(?::(\d+))?\)$")
+_COLLAPSED_FRAME = re.compile(r"(.*) \(([^()]*?)(?::(\d+))?\)")
 
 
 def load_capture(path_text: str) -> Capture:
@@ -64,7 +64,7 @@ def _from_collapsed(path: Path) -> Capture:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        match = _COLLAPSED_LINE.match(line)
+        match = _COLLAPSED_LINE.fullmatch(line)
         if match is None:
             raise CLIError(f"{path}:{number}: expected 'frame;frame;... COUNT', got {line[:60]!r}")
         stack = tuple(_frame(part) for part in match.group(1).split(";"))
@@ -82,7 +82,7 @@ def _from_collapsed(path: Path) -> Capture:
 
 
 def _frame(text: str) -> FrameId:
-    match = _COLLAPSED_FRAME.match(text)
+    match = _COLLAPSED_FRAME.fullmatch(text)
     if match is None:
         return FrameId(text, "", 0)
     function, file, line = match.groups()

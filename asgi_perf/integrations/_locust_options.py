@@ -17,11 +17,11 @@ from asgi_perf.errors import ConfigError
 from asgi_perf.integrations._perf_run import DEFAULT_RESULTS, Settings
 
 # The server keeps at most 64 characters of a tag, and the id names a directory.
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _run_id_arg(value: str) -> str:
-    if not _RUN_ID_RE.match(value):
+    if not _RUN_ID_RE.fullmatch(value):
         raise argparse.ArgumentTypeError(
             f"{value!r}: use 1 to 64 letters, digits, '.', '_' or '-', not starting with . _ -"
         )
