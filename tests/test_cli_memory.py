@@ -408,7 +408,7 @@ def test_the_token_opens_the_memory_commands(
     [
         (("soak", "URL", "--minutes", "0"), "--minutes must be more than 0, got 0"),
         (("soak", "URL", "--minutes", "-1"), "--minutes must be more than 0, got -1"),
-        (("soak", "URL", "--minutes", "nan"), "--minutes must be more than 0, got nan"),
+        (("soak", "URL", "--minutes", "nan"), "expected a number such as 30 or 2.5, got 'nan'"),
         (("soak", "URL", "--minutes", "1", "--interval", "0"), "--interval must be more than 0"),
         (("soak", "URL", "--minutes", "0.1", "--interval", "5"), "takes 2 points; the slope"),
         (("soak", "URL", "--minutes", "1", "--max-growth", "9 MB/week"), "--max-growth: expected"),

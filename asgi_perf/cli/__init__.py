@@ -244,8 +244,13 @@ _LARGEST = 10_000_000  # seconds (115 days) or minutes: longer than anyone waits
 
 
 def _number(text: str) -> float:
-    """A number of seconds or minutes: ASCII decimals only (no nan, inf, 1e9)."""
-    value = decimal_number(text)
+    """A number of seconds or minutes: ASCII decimals only (no nan, inf, 1e9).
+
+    A leading minus is read so that ``-1`` gets the command's own
+    "must be more than 0" answer rather than a vaguer one here.
+    """
+    magnitude = decimal_number(text.removeprefix("-"))
+    value = None if magnitude is None else -magnitude if text.startswith("-") else magnitude
     if value is None:
         raise argparse.ArgumentTypeError(f"expected a number such as 30 or 2.5, got {text!r}")
     if value > _LARGEST:
