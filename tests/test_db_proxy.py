@@ -105,7 +105,7 @@ def test_executescript_on_connection_and_cursor(sink: DBStats) -> None:
     raw, wrapped = _both(steps)
     assert wrapped == raw == (6,)
     counts = _queries(sink)
-    assert counts["CREATE TABLE s (x); INSERT INTO s VALUES (?); INSERT INTO s VALUES (?)"] == 1
+    assert counts["CREATE TABLE s (x); INSERT INTO s VALUES (?); INSERT INTO s VALUES (?);"] == 1
 
 
 def test_chained_execute_returns_the_instrumented_cursor(sink: DBStats) -> None:
