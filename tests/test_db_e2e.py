@@ -59,7 +59,7 @@ def build_app(db_path: Path, **perf: Any) -> Any:
     async def orders(request: Request) -> JSONResponse:
         lines = []
         with connect() as conn:
-            for order_id in range(12):
+            for oid in range(12):
                 cur = conn.execute(
                     "SELECT * FROM lines WHERE order_id = ?", (order_id,)
                 )  # N+1 here
