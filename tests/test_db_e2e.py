@@ -59,11 +59,9 @@ def build_app(db_path: Path, **perf: Any) -> Any:
     async def orders(request: Request) -> JSONResponse:
         lines = []
         with connect() as conn:
+            sql = "SELECT * FROM lines WHERE order_id = ?"
             for oid in range(12):
-                cur = conn.execute(
-                    "SELECT * FROM lines WHERE order_id = ?", (order_id,)
-                )  # N+1 here
-                lines.append(cur.fetchall())
+                lines.append(conn.execute(sql, (oid,)).fetchall())  # N+1 here
         return JSONResponse({"orders": len(lines)})
 
     def sync_endpoint(request: Request) -> JSONResponse:
