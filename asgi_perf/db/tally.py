@@ -41,10 +41,11 @@ class Tally:
     """One request's queries: per statement, plus the slow ones and call sites."""
 
     __slots__ = ("done", "failed", "ns", "queries", "route", "scope", "sink", "sites", "slow",
-                 "statements", "times")  # fmt: skip
+                 "slow_ns", "statements", "times")  # fmt: skip
 
     def __init__(self, sink: Sink, scope: object) -> None:
         self.sink = sink
+        self.slow_ns = sink.slow_ns
         self.scope = scope
         self.queries = 0
         self.ns = 0
@@ -82,7 +83,7 @@ class Tally:
                 counts[3] += 1
         if failed:
             self.failed += 1
-        if ns >= self.sink.slow_ns:
+        if ns >= self.slow_ns:
             self.slow.append((statement, ns, call_site(3), time.time()))
 
 
