@@ -33,7 +33,14 @@ class Sink(Protocol):
     def route_of(self, tally: Tally) -> str: ...
 
     def outside(
-        self, route: str, statement: str, ns: int, failed: bool, site: str | None
+        self,
+        route: str,
+        statement: str,
+        ns: int,
+        failed: bool,
+        site: str | None,
+        queries: int = 1,
+        whole_ns: int | None = None,
     ) -> None: ...
 
 
@@ -86,6 +93,17 @@ class Tally:
         if ns >= self.slow_ns:
             self.slow.append((statement, ns, call_site(3), time.time()))
 
+    def extend(self, statement: str, ns: int, whole_ns: int) -> None:
+        """Rows fetched after ``execute``: more time for the statement, not a query."""
+        self.ns += ns
+        counts = self.statements.get(statement)
+        if counts is not None:
+            counts[1] += ns
+            if whole_ns > counts[2]:
+                counts[2] = whole_ns
+        if whole_ns >= self.slow_ns > whole_ns - ns:
+            self.slow.append((statement, whole_ns, call_site(3), time.time()))
+
 
 CURRENT: ContextVar[Tally | None] = ContextVar("asgi_perf_db_tally", default=None)
 _current = CURRENT.get
@@ -114,6 +132,20 @@ def record_ns(sql: str, ns: int, failed: bool = False) -> None:
     route = NO_REQUEST if tally is None else (tally.route or sink.route_of(tally))
     site = call_site(2) if ns >= sink.slow_ns else None
     sink.outside(route, normalise(sql), ns, failed, site)
+
+
+def record_fetch_ns(sql: str, ns: int, whole_ns: int) -> None:
+    """Rows of ``sql`` fetched in ``ns``, ``whole_ns`` since its execute began."""
+    tally = _current()
+    if tally is not None and not tally.done:
+        tally.extend(normalise(sql), ns, whole_ns)
+        return
+    sink = tally.sink if tally is not None else DEFAULT.sink
+    if sink is None:
+        return
+    route = NO_REQUEST if tally is None else (tally.route or sink.route_of(tally))
+    slow = whole_ns >= sink.slow_ns > whole_ns - ns
+    sink.outside(route, normalise(sql), ns, False, call_site(2) if slow else None, 0, whole_ns)
 
 
 def record(statement: str, seconds: float, *, failed: bool = False) -> None:
