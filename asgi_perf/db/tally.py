@@ -67,7 +67,7 @@ class Tally:
         self.route: str | None = None
         self.done = False
 
-    def add(self, statement: str, ns: int, failed: bool) -> None:
+    def add(self, statement: str, ns: int, failed: bool, locate: bool = True) -> None:
         self.queries += 1
         self.ns += ns
         self.times.append(ns)
@@ -80,7 +80,7 @@ class Tally:
             if route is None:
                 route = self.route = self.sink.route_of(self)
             if not self.sink.known_site(route, statement):
-                self.sites[statement] = call_site(3)
+                self.sites[statement] = call_site(3) if locate else None
         else:
             counts[0] += 1
             counts[1] += ns
@@ -91,7 +91,7 @@ class Tally:
         if failed:
             self.failed += 1
         if ns >= self.slow_ns:
-            self.slow.append((statement, ns, call_site(3), time.time()))
+            self.slow.append((statement, ns, call_site(3) if locate else None, time.time()))
 
     def extend(self, statement: str, ns: int, whole_ns: int) -> None:
         """Rows fetched after ``execute``: more time for the statement, not a query."""
@@ -118,11 +118,15 @@ class _Default:
 DEFAULT = _Default()
 
 
-def record_ns(sql: str, ns: int, failed: bool = False) -> None:
-    """One query of ``ns`` nanoseconds: every capture path ends here."""
+def record_ns(sql: str, ns: int, failed: bool = False, locate: bool = True) -> None:
+    """One query of ``ns`` nanoseconds: every capture path ends here.
+
+    ``locate=False``: the caller's stack is not the code that ran the query
+    (asyncpg's logger runs later, from the event loop): no call site.
+    """
     tally = _current()
     if tally is not None and not tally.done:
-        tally.add(normalise(sql), ns, failed)
+        tally.add(normalise(sql), ns, failed, locate)
         return
     sink = tally.sink if tally is not None else DEFAULT.sink
     if sink is None:
@@ -130,7 +134,7 @@ def record_ns(sql: str, ns: int, failed: bool = False) -> None:
     # A query after its request was counted (a task it left behind) keeps
     # its route; one with no request at all has none.
     route = NO_REQUEST if tally is None else (tally.route or sink.route_of(tally))
-    site = call_site(2) if ns >= sink.slow_ns else None
+    site = call_site(2) if locate and ns >= sink.slow_ns else None
     sink.outside(route, normalise(sql), ns, failed, site)
 
 
