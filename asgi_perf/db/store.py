@@ -179,7 +179,10 @@ class DBStats:
     def _route(self, route: str) -> RouteDB:
         rdb = self.routes.get(route)
         if rdb is None:
-            if route not in _SPECIAL and len(self.routes) >= self.max_routes + len(_SPECIAL):
+            # Only a new route pays for the count (a few per process).
+            if route not in _SPECIAL and (
+                sum(1 for k in self.routes if k not in _SPECIAL) >= self.max_routes
+            ):
                 return self._route(OTHER)
             rdb = self.routes[route] = RouteDB()
         return rdb
