@@ -167,6 +167,3 @@ def record(statement: str, seconds: float, *, failed: bool = False) -> None:
     anything is kept); ``seconds`` how long it took.
     """
     record_ns(statement, int(seconds * 1e9), failed)
-
-
-perf_counter_ns = time.perf_counter_ns
