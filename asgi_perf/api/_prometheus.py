@@ -200,7 +200,8 @@ def db_families(rows: Sequence[DBRow]) -> list[Metric]:
 
 def _le(bound: float) -> str:
     # The last bound is inf, which the exposition spells +Inf.
-    return "+Inf" if math.isinf(bound) else repr(float(bound))
+    # Written as the request histogram's edges are: nine decimals, trailing zeros cut.
+    return "+Inf" if math.isinf(bound) else f"{bound:.9f}".rstrip("0").rstrip(".")
 
 
 def _loop_families(loop: Mapping[str, Any]) -> list[Metric]:
