@@ -29,9 +29,15 @@ def format_verdict(verdict: Mapping[str, Any]) -> str:
     """One line for one verdict of ``BudgetSet.check`` (or ``GET /_perf/budgets``):
     ``GET /slow p99_ms: 101.2 ms > limit 50 ms (412 samples)``."""
     metric = verdict["metric"]
-    unit = _UNITS.get(metric, " ms")
     scale = 100.0 if metric == "error_rate" else 1.0
-    limit = f"limit {number_text(verdict['limit'] * scale)}{unit}"
+
+    def text(value: float) -> str:
+        unit = _UNITS.get(metric, " ms")
+        if metric == "max_queries" and value == 1:
+            unit = " query"
+        return f"{number_text(value * scale)}{unit}"
+
+    limit = f"limit {text(verdict['limit'])}"
     samples = verdict["samples"]
     counted = f"{samples} sample{'' if samples == 1 else 's'}"
     if verdict["pattern"] != verdict["route"]:
@@ -42,7 +48,7 @@ def format_verdict(verdict: Mapping[str, Any]) -> str:
     if verdict["verdict"] == "insufficient" or verdict["measured"] is None:
         return f"{head} not enough samples ({counted}), {limit}"
     relation = ">" if verdict["verdict"] == "fail" else "<="
-    return f"{head} {number_text(verdict['measured'] * scale)}{unit} {relation} {limit} ({counted})"
+    return f"{head} {text(verdict['measured'])} {relation} {limit} ({counted})"
 
 
 def is_broken(verdict: Mapping[str, Any]) -> bool:
