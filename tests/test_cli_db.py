@@ -9,10 +9,13 @@ connection goes through ``asgi_perf.db.instrument``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import db_shop
+import httpx
 import pytest
 from helpers import closed_port
 from starlette.applications import Starlette
@@ -173,3 +176,102 @@ def test_limit_must_be_a_number(cli: Run) -> None:
     code, _, err = cli("db", "http://127.0.0.1:1", "--limit", "ten")
     assert code == 2
     assert_one_line_error(err, "expected a whole number")
+
+
+# --------------------------------------------------------------------------- a real app
+
+
+@pytest.fixture
+def shop(live_server: Any) -> Iterator[Callable[..., str]]:
+    """Factory: ``shop(**perf)`` -> the URL of ``db_shop`` served by uvicorn."""
+    conns: list[sqlite3.Connection] = []
+
+    def start(**perf: Any) -> str:
+        conns.append(db_shop.connect())
+        url: str = live_server(db_shop.make_app(conns[-1], **perf)).url
+        return url
+
+    yield start
+    for conn in conns:
+        conn.close()
+
+
+def get(url: str, path: str, n: int = 1) -> None:
+    with httpx.Client(base_url=url, trust_env=False, timeout=30) as client:
+        for _ in range(n):
+            client.get(path).raise_for_status()
+
+
+@pytest.mark.slow
+def test_a_real_app_with_an_n_plus_one(shop: Callable[..., str], cli: Run) -> None:
+    url = shop(db=True, slow_query_ms=20)
+    get(url, "/orders", 3)
+    get(url, "/orders/joined", 2)
+    get(url, "/search?ms=1")  # under slow_query_ms
+    get(url, "/search?ms=40")
+    code, out, err = cli("db", url)
+    assert (code, err) == (0, "")
+    routes = rows(out, "routes by DB time")
+    per_request = db_shop.ORDERS + 1
+    # Exact counts; the DB time is measured, so only its order is checked.
+    assert {r[0]: r[1:4] for r in routes} == {
+        "GET /search": ["2", "2", "1.0"],
+        "GET /orders": ["3", str(3 * per_request), f"{per_request}.0"],
+        "GET /orders/joined": ["2", "2", "1.0"],
+    }
+    assert routes[0][0] == "GET /search"
+    assert float(routes[0][4]) >= 40  # DB ms: the 40 ms statement at least
+    assert rows(out, "N+1: a statement run 10+ times in one request") == [
+        [
+            "GET /orders",
+            db_shop.LINES_STATEMENT,
+            str(db_shop.ORDERS),
+            "3",
+            db_shop.call_site("N+1-HERE"),
+        ]
+    ]
+    slow = rows(out, "slow statements (over 20.0 ms), newest first")
+    assert [(r[1], r[3], r[4]) for r in slow] == [
+        ("GET /search", db_shop.SEARCH_STATEMENT, db_shop.call_site("SLOW-HERE"))
+    ]
+    assert float(slow[0][2]) >= 40
+    # Spec 7: the values sent (ids, the 40 of ?ms=40) are nowhere.
+    code, raw, _ = cli("db", url, "--json")
+    assert "40)" not in raw and "pause(40" not in raw
+
+
+@pytest.mark.slow
+def test_a_real_app_one_route_and_its_statements(shop: Callable[..., str], cli: Run) -> None:
+    url = shop(db=True)
+    get(url, "/orders", 2)
+    get(url, "/orders/joined")
+    code, out, _ = cli("db", url, "--route", "GET /orders")
+    assert code == 0
+    assert [r[0] for r in rows(out, "routes by DB time")] == ["GET /orders"]
+    top = rows(out, "GET /orders — top statements")
+    assert {(r[0], r[1]) for r in top} == {
+        ("SELECT id FROM orders WHERE user_id = ?", "2"),
+        (db_shop.LINES_STATEMENT, str(2 * db_shop.ORDERS)),
+    }
+    # --limit 1: one statement, the one that took the most time (which one is timing).
+    code, out, _ = cli("db", url, "--route", "GET /orders", "--limit", "1")
+    assert code == 0
+    assert len(rows(out, "GET /orders — top statements")) == 1
+
+
+@pytest.mark.slow
+def test_a_real_app_with_db_off(shop: Callable[..., str], cli: Run) -> None:
+    url = shop()
+    get(url, "/orders")
+    code, out, err = cli("db", url)
+    assert (code, out) == (1, "")
+    assert assert_one_line_error(err) == f"asgi-perf: error: {DB_OFF}"
+
+
+@pytest.mark.slow
+def test_a_real_app_refuses_a_bad_limit_from_elsewhere(shop: Callable[..., str]) -> None:
+    # The CLI checks --limit itself; the server's own 400 is what other clients get.
+    url = shop(db=True)
+    answer = httpx.get(f"{url}/_perf/db", params={"limit": "0"}, trust_env=False, timeout=30)
+    assert answer.status_code == 400
+    assert answer.json()["parameter"] == "limit"
