@@ -30,6 +30,8 @@ pytestmark = [
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (dev extra)")
 
 WAIT_MS = 15_000
+BUDGETS = {"min_samples": 1, "GET /orders": {"max_queries": 5}}
+ORDERS_CHIP = "tr[data-route='GET /orders'] .verdict"
 
 
 def traffic(url: str, *paths: str) -> None:
@@ -89,7 +91,10 @@ def cells(page: Any, selector: str) -> list[list[str]]:
 
 def test_the_db_panel_shows_routes_n_plus_one_and_slow_statements(open_dashboard: Any) -> None:
     page, url, asked, errors = open_dashboard(
-        ("/orders", "/orders", "/orders/joined", "/search?ms=30"), db=True, slow_query_ms=20
+        ("/orders", "/orders", "/orders/joined", "/search?ms=30"),
+        db=True,
+        slow_query_ms=20,
+        budgets=BUDGETS,
     )
     page.wait_for_selector("#db .db-n-plus-one tbody tr:not(.empty)", timeout=WAIT_MS)
     assert page.is_visible("#db")
@@ -120,6 +125,9 @@ def test_the_db_panel_shows_routes_n_plus_one_and_slow_statements(open_dashboard
     summary = page.inner_text("#db .summary")
     assert f"{2 * per_request + 2} queries on 3 routes; 1 N+1, 1 slow statements kept" == summary
     assert page.is_hidden("#db .off")
+    # The route table's budget chip: the N+1 breaks max_queries.
+    page.wait_for_selector(f"{ORDERS_CHIP}.verdict-fail", timeout=WAIT_MS)
+    assert page.inner_text(ORDERS_CHIP) == "fail queries ≤ 5"
 
     # New queries come in: the panel reads /db again and shows them.
     traffic(url, "/orders/joined", "/orders/joined")
@@ -134,7 +142,7 @@ def test_the_db_panel_shows_routes_n_plus_one_and_slow_statements(open_dashboard
 
 
 def test_the_db_panel_is_hidden_while_capture_is_off(open_dashboard: Any) -> None:
-    page, _, asked, errors = open_dashboard(("/orders",))
+    page, _, asked, errors = open_dashboard(("/orders",), budgets=BUDGETS)
     page.wait_for_selector("body[data-ready]", timeout=WAIT_MS)
     # One more refresh: the panel stays hidden and /db is never asked (no 409 to show).
     page.wait_for_function(
@@ -144,4 +152,9 @@ def test_the_db_panel_is_hidden_while_capture_is_off(open_dashboard: Any) -> Non
     assert page.is_hidden("#db")
     assert not [u for u in asked if urlsplit(u).path == "/_perf/db"]
     assert any(urlsplit(u).path == "/_perf/stats" for u in asked)
+    # A DB budget cannot be judged: the chip says why, its title how to fix it.
+    page.wait_for_selector(f"{ORDERS_CHIP}.verdict-insufficient", timeout=WAIT_MS)
+    assert page.inner_text(ORDERS_CHIP) == "insufficient queries ≤ 5 (no DB numbers)"
+    title = page.get_attribute(ORDERS_CHIP, "title")
+    assert title == "no DB numbers: start the app with db=True (or ASGI_PERF_DB=1)"
     assert errors == []
