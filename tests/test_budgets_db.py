@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from asgi_perf.budgets import DB_OFF_NOTE, BudgetSet, Verdict, load_budgets
+from asgi_perf.budgets.check import MERGED_NOTE
 from asgi_perf.cli.check import write_junit
 from asgi_perf.errors import ConfigError
 from asgi_perf.integrations._summary import broken, summary
@@ -150,6 +151,14 @@ def test_untested_route_has_a_note_only_when_db_is_off() -> None:
     assert "note" not in on  # db is on: the route just had no requests
     off = only(check(budgets, db=False))
     assert (off["verdict"], off["note"]) == ("insufficient", DB_OFF_NOTE)
+
+
+def test_merged_stats_of_several_instances_say_so() -> None:
+    # `asgi-perf check URL URL --budgets`: the instances' DB numbers are not added up.
+    snap = {"routes": [entry(queries_max=None)], "instances": ["http://a:1", "http://b:1"]}
+    v = only(load_budgets({ORDERS: {"max_queries": 5}}).check(snap)["verdicts"])
+    assert (v["verdict"], v["note"]) == ("insufficient", MERGED_NOTE)
+    assert "check each URL on its own" in MERGED_NOTE
 
 
 def test_route_verdict_and_report_ok() -> None:
@@ -286,3 +295,15 @@ def test_check_prints_the_db_verdicts(shop_url: Callable[..., str], cli: Any) ->
     cells = [c.strip() for c in row.strip("│").split("│")]
     # Query counts have no unit; margin = limit - measured.
     assert cells == ["GET /orders", "max_queries", "5", "13", "-8", "2", "fail"]
+
+
+@pytest.mark.slow
+def test_check_of_several_instances_says_db_is_not_merged(
+    shop_url: Callable[..., str], cli: Any, tmp_path: Path
+) -> None:
+    urls = [shop_url(db=True), shop_url(db=True)]
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text('min_samples = 1\n["GET /orders"]\nmax_queries = 5\n', encoding="utf-8")
+    code, out, _ = cli("check", *urls, "--budgets", str(budgets))
+    assert code == 0
+    assert f"note: {MERGED_NOTE}" in out.splitlines()
