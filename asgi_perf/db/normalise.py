@@ -36,12 +36,13 @@ _TUPLE = re.compile(r"\(\s*\?(?:\s*,\s*\?)*\s*\)")
 _ROWS = re.compile(r"(\((?:\s*\?\s*,)*\s*\?\s*\))(?:\s*,\s*\1)+")
 MAX_LENGTH = 1000
 _CACHE_SIZE = 4096
-_cache: dict[str, str] = {}
+# Statements with no literal, by their own text (see the end of normalise).
+SHAPES: dict[str, str] = {}
 
 
 def normalise(sql: str) -> str:
     """The statement's shape: literals as ``?``, whitespace collapsed, at most 1000 chars."""
-    found = _cache.get(sql)
+    found = SHAPES.get(sql)
     if found is not None:
         return found
     folded = False
@@ -68,9 +69,9 @@ def normalise(sql: str) -> str:
     if not folded:
         # Only a statement with no literal is remembered by its own text: a
         # literal may be a value a client sent, which is never kept.
-        if len(_cache) >= _CACHE_SIZE:
-            _cache.clear()
-        _cache[sql] = text
+        if len(SHAPES) >= _CACHE_SIZE:
+            SHAPES.clear()
+        SHAPES[sql] = text
     return text
 
 
