@@ -154,11 +154,11 @@ def test_untested_route_has_a_note_only_when_db_is_off() -> None:
 
 
 def test_merged_stats_of_several_instances_say_so() -> None:
-    # `asgi-perf check URL URL --budgets`: the instances' DB numbers are not added up.
+    # `asgi-perf check URL URL --budgets`: DB numbers are added only if every instance has them.
     snap = {"routes": [entry(queries_max=None)], "instances": ["http://a:1", "http://b:1"]}
     v = only(load_budgets({ORDERS: {"max_queries": 5}}).check(snap)["verdicts"])
     assert (v["verdict"], v["note"]) == ("insufficient", MERGED_NOTE)
-    assert "check each URL on its own" in MERGED_NOTE
+    assert "start every instance with db=True" in MERGED_NOTE
 
 
 def test_route_verdict_and_report_ok() -> None:
@@ -298,12 +298,16 @@ def test_check_prints_the_db_verdicts(shop_url: Callable[..., str], cli: Any) ->
 
 
 @pytest.mark.slow
-def test_check_of_several_instances_says_db_is_not_merged(
-    shop_url: Callable[..., str], cli: Any, tmp_path: Path
-) -> None:
-    urls = [shop_url(db=True), shop_url(db=True)]
+def test_check_of_several_instances(shop_url: Callable[..., str], cli: Any, tmp_path: Path) -> None:
     budgets = tmp_path / "budgets.toml"
     budgets.write_text('min_samples = 1\n["GET /orders"]\nmax_queries = 5\n', encoding="utf-8")
-    code, out, _ = cli("check", *urls, "--budgets", str(budgets))
+    # Both with db=True: their numbers are added up and judged (2 requests each).
+    both = [shop_url(db=True), shop_url(db=True)]
+    code, out, _ = cli("check", *both, "--budgets", str(budgets))
+    assert code == 1
+    row = next(line for line in out.splitlines() if "GET /orders " in line)
+    assert [c.strip() for c in row.strip("│").split("│")][3:] == ["13", "-8", "4", "fail"]
+    # One without: nothing to add up, and the note says what to change.
+    code, out, _ = cli("check", both[0], shop_url(), "--budgets", str(budgets))
     assert code == 0
     assert f"note: {MERGED_NOTE}" in out.splitlines()

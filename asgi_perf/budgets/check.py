@@ -41,8 +41,10 @@ _LATENCY_KEY = {"p50_ms": "p50", "p90_ms": "p90", "p95_ms": "p95", "p99_ms": "p9
 _DB_KEY = {"max_queries": ("queries", "max"), "p99_db_ms": ("time_ms", "p99")}
 _MAX_CACHED_KEYS = 4096
 DB_OFF_NOTE = "no DB numbers: start the app with db=True (or ASGI_PERF_DB=1)"
-# `asgi-perf stats/check URL URL...` add instances up; their DB numbers are not added.
-MERGED_NOTE = "no DB numbers in the merged stats of several instances: check each URL on its own"
+# `asgi-perf check URL URL...` adds the instances' DB numbers only when every one has them.
+MERGED_NOTE = (
+    "no DB numbers in the merged stats: start every instance with db=True (or ASGI_PERF_DB=1)"
+)
 
 # What a verdict says: "insufficient" when too few samples (or none) were measured.
 Outcome = Literal["pass", "fail", "insufficient"]
