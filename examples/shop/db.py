@@ -21,10 +21,16 @@ from pathlib import Path
 
 # Bump when the schema or the seed data change: the default file name carries
 # it, so an old cached database is never opened by newer code.
-DATA_VERSION = 1
+DATA_VERSION = 2
 DEFAULT_PRODUCTS = 50_000
 USERS = 500
 SEED = 20_241_129
+# Every account starts with an order history (GET /api/orders): 10 to 14
+# past orders of 1 to 5 lines each, placed over the year before SEEDED_AT.
+ORDERS_PER_USER = (10, 14)
+LINES_PER_ORDER = (1, 5)
+SEEDED_AT = 1_764_547_200.0  # 2025-12-01 00:00 UTC: the same history on every machine
+YEAR_S = 365 * 24 * 3600
 # Far below what a production login should use (OWASP suggests 600 000 for
 # PBKDF2-SHA256): high enough that login shows a real hashing cost in the
 # profile, low enough that seeding USERS accounts stays well under a second.
@@ -176,6 +182,28 @@ def _users(rng: random.Random) -> Iterator[tuple[int, str, bytes, bytes]]:
         yield n, name, salt, hash_password(password_for(name), salt)
 
 
+def _orders(
+    products: int, rng: random.Random
+) -> tuple[list[tuple[int, int, float, int]], list[tuple[int, int, int, int]]]:
+    """Each account's past orders, and their lines at the price paid then."""
+    orders: list[tuple[int, int, float, int]] = []
+    lines: list[tuple[int, int, int, int]] = []
+    for user_id in range(1, USERS + 1):
+        placed = sorted(
+            SEEDED_AT - rng.uniform(0, YEAR_S) for _ in range(rng.randint(*ORDERS_PER_USER))
+        )
+        for created_at in placed:
+            order_id = len(orders) + 1
+            total = 0
+            count = min(products, rng.randint(*LINES_PER_ORDER))
+            for product_id in sorted(rng.sample(range(1, products + 1), count)):
+                quantity, price = rng.randint(1, 3), rng.randrange(199, 49_999)
+                lines.append((order_id, product_id, quantity, price))
+                total += quantity * price
+            orders.append((order_id, user_id, round(created_at, 3), total))
+    return orders, lines
+
+
 def _is_current(path: Path, products: int) -> bool:
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
@@ -242,6 +270,10 @@ def _build(path: Path, products: int) -> None:
                 "INSERT INTO products VALUES (?, ?, ?, ?, ?, ?)", _products(products, rng)
             )
             conn.executemany("INSERT INTO users VALUES (?, ?, ?, ?)", _users(rng))
+            # Its own generator: the products and accounts stay those of version 1.
+            orders, lines = _orders(products, random.Random(SEED + 1))
+            conn.executemany("INSERT INTO orders VALUES (?, ?, ?, ?)", orders)
+            conn.executemany("INSERT INTO order_items VALUES (?, ?, ?, ?)", lines)
             conn.executemany(
                 "INSERT INTO meta VALUES (?, ?)",
                 [("version", str(DATA_VERSION)), ("products", str(products))],

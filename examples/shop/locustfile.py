@@ -62,7 +62,8 @@ def _scale() -> float:
 
 
 class CheckoutFlow(SequentialTaskSet):
-    """One visit: log in, browse, search, look at a product, buy it. Then again."""
+    """One visit: log in, browse, search, look at a product, buy it, look at
+    the order history. Then again."""
 
     product_id = 1
     total_products = 1
@@ -121,6 +122,11 @@ class CheckoutFlow(SequentialTaskSet):
     @task
     def checkout(self) -> None:
         self.client.post("/checkout")
+
+    @task
+    def order_history(self) -> None:
+        # The shop's N+1 (one query per past order): /_perf/db names the line.
+        self.client.get("/api/orders")
 
 
 class ShopUser(HttpUser):

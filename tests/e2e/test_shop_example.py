@@ -36,6 +36,7 @@ ROUTES = {
     "GET /cart",
     "POST /cart/items",
     "POST /checkout",
+    "GET /api/orders",
 }
 
 
@@ -228,6 +229,7 @@ async def test_perf_stats_key_every_route_by_its_template(shop: str) -> None:
         await http.post("/cart/items", json={"product_id": 5}, headers=auth)
         await http.get("/cart", headers=auth)
         await http.post("/checkout", headers=auth)
+        await http.get("/api/orders", headers=auth)
         stats = (await http.get("/_perf/stats")).json()
         budgets = (await http.get("/_perf/budgets")).json()
 
