@@ -5,15 +5,18 @@ Run from the repository root::
     uvicorn examples.shop.app:app
 
 Routes: ``POST /login``, ``GET /products?page=&size=``, ``GET /products/search?q=``,
-``GET /products/{product_id}``, ``GET /cart``, ``POST /cart/items``,
-``POST /checkout``, ``GET /api/orders?limit=``. Cart, checkout and orders need
-``Authorization: Bearer <token>`` from ``/login``. The catalog is SQLite,
-seeded with 50 000 products and 10 to 14 past orders per account on first
-start (``SHOP_DB`` sets the file, ``SHOP_PRODUCTS`` the count).
+``GET /products/categories``, ``GET /products/{product_id}``, ``GET /cart``,
+``POST /cart/items``, ``POST /checkout``, ``GET /api/orders?limit=``. Cart,
+checkout and orders need ``Authorization: Bearer <token>`` from ``/login``.
+The catalog is SQLite, seeded with 50 000 products and 10 to 14 past orders
+per account on first start (``SHOP_DB`` sets the file, ``SHOP_PRODUCTS`` the
+count).
 
 ``GET /products/search`` is slow on purpose: ``LIKE '%q%'`` reads every
 product on every call. ``perf-budgets.toml`` gives it a p99 budget it breaks,
 and a yappi profile window shows the time in ``search_products``.
+``GET /products/categories`` is the catalog's aggregation (a ``GROUP BY``
+over every product).
 
 The endpoints are plain ``def`` functions: sqlite3 blocks, and FastAPI runs
 ``def`` endpoints in its threadpool, as a real service built on a blocking
@@ -96,6 +99,18 @@ class ProductPage(BaseModel):
     total: int
     pages: int
     items: list[ProductSummary]
+
+
+class CategoryStats(BaseModel):
+    category: str
+    products: int
+    min_price_cents: int
+    avg_price_cents: int
+    max_price_cents: int
+
+
+class Categories(BaseModel):
+    categories: list[CategoryStats]
 
 
 class SearchResult(BaseModel):
@@ -235,8 +250,8 @@ def search_products(conn: sqlite3.Connection, q: str, limit: int) -> tuple[int, 
     return (rows[0]["total"] if rows else 0), rows
 
 
-# Declared before /products/{product_id}, which would otherwise take "search"
-# as an id and answer 422.
+# Declared (like /products/categories) before /products/{product_id}, which
+# would otherwise take "search" as an id and answer 422.
 @router.get("/products/search")
 def search(
     db: DB,
@@ -251,6 +266,25 @@ def search(
         for r in rows
     ]
     return SearchResult(q=q, total=total, items=items)
+
+
+@router.get("/products/categories")
+def categories(db: DB) -> Categories:
+    """The aggregation: products and prices per category, over the whole catalog.
+
+    No index on ``category``: SQLite reads every product and groups them in a
+    temporary b-tree, on every call.
+    """
+    rows = (
+        db.connection()
+        .execute(
+            "SELECT category, COUNT(*) AS products, MIN(price_cents) AS min_price_cents,"
+            " CAST(ROUND(AVG(price_cents)) AS INTEGER) AS avg_price_cents,"
+            " MAX(price_cents) AS max_price_cents FROM products GROUP BY category ORDER BY category"
+        )
+        .fetchall()
+    )
+    return Categories(categories=[CategoryStats(**row) for row in rows])
 
 
 @router.get("/products/{product_id}")

@@ -62,8 +62,8 @@ def _scale() -> float:
 
 
 class CheckoutFlow(SequentialTaskSet):
-    """One visit: log in, browse, search, look at a product, buy it, look at
-    the order history. Then again."""
+    """One visit: log in, browse, look at the categories, search, look at a
+    product, buy it, look at the order history. Then again."""
 
     product_id = 1
     total_products = 1
@@ -93,6 +93,11 @@ class CheckoutFlow(SequentialTaskSet):
         response = self.client.get(f"/products?page={page}&size=20", name="/products?page=[n]")
         if response.ok:
             self.total_products = int(response.json()["total"])
+
+    @task
+    def categories(self) -> None:
+        # The catalog's aggregation: a GROUP BY over every product.
+        self.client.get("/products/categories")
 
     @task
     def search(self) -> None:
