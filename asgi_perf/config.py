@@ -83,6 +83,12 @@ class PerfConfig:
     # None: found on its own for uvicorn --workers and gunicorn workers.
     shared_dir: str | os.PathLike[str] | None = None
     flush_interval_s: float = 1.0
+    # Database queries (issue #14): off by default, so the hot path is untouched.
+    db: bool = False
+    # A request running one normalised statement this many times is an N+1.
+    n_plus_one_threshold: int = 10
+    slow_query_ms: float = 100.0
+    max_slow_queries: int = 200
 
     def __post_init__(self) -> None:
         _check_bool("strict", self.strict)
@@ -131,6 +137,10 @@ class PerfConfig:
             raise ConfigError("shared_dir: must be a directory path or None")
         _check_number("flush_interval_s", self.flush_interval_s, 0.05, 3600.0)
         _check_bool("lifespan_profile", self.lifespan_profile)
+        _check_bool("db", self.db)
+        _check_int("n_plus_one_threshold", self.n_plus_one_threshold, 2, 1_000_000)
+        _check_number("slow_query_ms", self.slow_query_ms, 0.0, 3_600_000.0)
+        _check_int("max_slow_queries", self.max_slow_queries, 1, 100_000)
         if (
             isinstance(self.sample_rate, bool)
             or not isinstance(self.sample_rate, (int, float))
@@ -295,6 +305,10 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "max_loop_blocks": _parse_int,
     "shared_dir": _parse_optional_str,
     "flush_interval_s": _parse_float,
+    "db": _parse_bool,
+    "n_plus_one_threshold": _parse_int,
+    "slow_query_ms": _parse_float,
+    "max_slow_queries": _parse_int,
 }
 # Options whose variable is not ASGI_PERF_ + the option's name.
 _ENV_NAMES = {"shared_dir": "ASGI_PERF_DIR"}

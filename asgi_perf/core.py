@@ -25,6 +25,9 @@ from asgi_perf.budgets import BudgetSet, load_budgets
 from asgi_perf.capture import Capture, FrameId
 from asgi_perf.config import PerfConfig
 from asgi_perf.continuous import Ring
+from asgi_perf.db import sqlalchemy_events
+from asgi_perf.db.report import merge_states, route_summary, total_queries
+from asgi_perf.db.store import DBStats
 from asgi_perf.engines import WINDOW_ONLY, Engine, check_engine_name
 from asgi_perf.engines.sampler_impl import Sampler, SamplerEngine
 from asgi_perf.errors import ConfigError
@@ -140,6 +143,19 @@ class PerfCore:
                     self.internal_error("shared_dir", exc)
                     self.workers = None
                     self.server_windows = None
+        # Database queries (issue #14): None when off, and nothing is hooked.
+        self.db: DBStats | None = None
+        if cfg.enabled and cfg.db:
+            self.db = DBStats(
+                route_key=self._db_route,
+                max_routes=cfg.max_routes,
+                n_plus_one_threshold=cfg.n_plus_one_threshold,
+                slow_query_ms=cfg.slow_query_ms,
+                max_slow_queries=cfg.max_slow_queries,
+            )
+            if self.workers is not None:
+                self.db.others = self._others_db
+            sqlalchemy_events.install()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.requests: RequestProfiler | None = None
         if cfg.enabled:
@@ -346,6 +362,17 @@ class PerfCore:
             self.internal_error("server_window", exc)
             return None
 
+    def _db_route(self, scope: Scope) -> str:
+        """The route a request's queries count under: the recorder's name for it."""
+        return self.recorder.capped(self.keys.key(scope))
+
+    def _others_db(self) -> list[dict[str, Any]]:
+        workers = self.workers
+        if workers is None:
+            return []
+        found = [(body.get("snapshot") or {}).get("db") for body in workers.others()]
+        return [state for state in found if isinstance(state, dict)]
+
     def _shared_profiles(self) -> list[Any]:
         """This worker's stored profiles, as the others list them."""
         return [dict(m) for m in self.store.list(limit=self.store.max_profiles)]
@@ -354,6 +381,8 @@ class PerfCore:
         """What this worker shares with the others: its counts, histograms, memory."""
         state = self.recorder.state(self.in_flight())
         state["process"] = self.memory.summary()
+        if self.db is not None:
+            state["db"] = self.db.state()
         return state
 
     async def fresh(self, timeout_s: float = 0.5) -> None:
@@ -431,6 +460,15 @@ class PerfCore:
         else:
             snap["loop"] = None
         snap["memory_note"] = MEMORY_NOTE
+        if self.db is not None:
+            merged = merge_states(self.db.states())
+            for route in snap["routes"]:
+                route["db"] = route_summary(merged.routes.get(route["route"]))
+            snap["db"] = {
+                "enabled": True,
+                "queries": total_queries(merged),
+                "n_plus_one_threshold": self.config.n_plus_one_threshold,
+            }
         if self.budgets:
             checked = self.budgets.check(snap)
             snap["budgets"] = {
@@ -456,3 +494,5 @@ class PerfCore:
         self.memory.clear()
         if self.loop is not None:
             self.loop.reset()
+        if self.db is not None:
+            self.db.reset()

@@ -6,6 +6,7 @@ the ``/_perf`` app, and keeps only what every request needs.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -20,6 +21,10 @@ from asgi_perf.api.unavailable import make_unavailable_app
 from asgi_perf.budgets import BudgetSet
 from asgi_perf.config import PerfConfig, option_of
 from asgi_perf.core import PerfCore
+from asgi_perf.db.asyncpg_logger import SEEN as ASYNCPG
+from asgi_perf.db.store import DBStats
+from asgi_perf.db.tally import CURRENT as _TALLY
+from asgi_perf.db.tally import Tally
 from asgi_perf.engines.sampler_impl import REQUEST_SCOPE
 from asgi_perf.errors import ConfigError
 from asgi_perf.memory import traced_growth, traced_start
@@ -66,6 +71,10 @@ class PerfMiddleware:
         if not cfg.enabled:
             # Decided once: a disabled middleware is the app, untouched.
             self.__class__ = _Disabled
+        elif core.db is not None:
+            # Decided once too: with db off, the hot path has not one more step.
+            self.__class__ = _WithDB
+            self._db = core.db
         self.gate = Gate(cfg.token, cfg.authorize, core.internal_error)
         self._perf_app: ASGIApp = make_perf_app(core, self.gate)
         self._prefix = cfg.prefix
@@ -333,6 +342,37 @@ class PerfMiddleware:
             core.internal_error("record", exc)
         if ticket is not None and self._requests is not None:
             self._requests.finish(ticket, key, status or 500, (end - t0) / 1e6, request_tag(scope))
+
+
+class _WithDB(PerfMiddleware):
+    """``db=True``: each request gets a tally of its queries, counted when it ends.
+
+    Around the hot path, not in it: ``PerfMiddleware.__call__`` runs as it
+    is (and stays the frame the sampler finds requests by).
+    """
+
+    _db: DBStats
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self._prefix in scope["path"] and self._is_perf_path(scope)):
+            await PerfMiddleware.__call__(self, scope, receive, send)
+            return
+        tally = Tally(self._db, scope)
+        token = _TALLY.set(tally)
+        t0 = _perf_counter_ns()
+        try:
+            # Background tasks run inside this call: their queries count too.
+            await PerfMiddleware.__call__(self, scope, receive, send)
+        finally:
+            elapsed = _perf_counter_ns() - t0
+            if ASYNCPG.asyncpg:
+                # asyncpg logs a query one loop turn after it ran: let it.
+                await asyncio.sleep(0)
+            _TALLY.reset(token)
+            try:
+                self._db.fold(self._db.route_of(tally), tally, elapsed)
+            except Exception as exc:
+                self.core.internal_error("db", exc)
 
 
 class _Disabled(PerfMiddleware):

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from asgi_perf._types import Receive, Scope, Send
 from asgi_perf.api._http import BadRequest, Handler, error_response
 from asgi_perf.api.dashboard import BeforeGate, add_dashboard_routes, open_shell
+from asgi_perf.api.db import add_db_routes
 from asgi_perf.api.gate import Gate
 from asgi_perf.api.memory import add_memory_routes
 from asgi_perf.api.memory_trace import add_tracemalloc_routes
@@ -104,5 +105,6 @@ def make_perf_app(core: PerfCore, gate: Gate) -> PerfAPI:
     add_profile_routes(api.add, core)
     add_metrics_routes(api.add, core)
     add_memory_routes(api.add, core)
+    add_db_routes(api.add, core)
     add_tracemalloc_routes(api.add, core.leaks, core.config.prefix)
     return api

@@ -30,6 +30,7 @@ def add_stats_routes(add: AddRoute, core: PerfCore) -> None:
             "snakeviz": f"GET {p}/profiles/{{id}}/snakeviz",
             "routes": f"GET {p}/profiles/{{id}}/routes",
             "loop": f"GET {p}/loop ; GET {p}/loop/blocks.{{prof,svg,...}}",
+            "db": f"GET {p}/db?route=&limit=20 (with db=True)",
             "memory": f"GET {p}/memory ; GET {p}/memory/timeline?format=json|csv|svg",
             "leaks": f"POST {p}/memory/tracemalloc/start?frames=1 ; POST {p}/memory/snapshot ; "
             f"GET {p}/memory/diff?top=30 ; GET {p}/memory/top?top=30&group_by=lineno ; "
