@@ -462,7 +462,9 @@ def create_app(db_path: Path | None = None, products: int | None = None) -> Fast
 
     app = FastAPI(title="shop", lifespan=lifespan)
     app.include_router(router)
-    app.add_middleware(PerfMiddleware, budgets=Path(__file__).with_name("perf-budgets.toml"))
+    app.add_middleware(
+        PerfMiddleware, budgets=Path(__file__).with_name("perf-budgets.toml"), db=True
+    )
     return app
 
 

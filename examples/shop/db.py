@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from asgi_perf.db import instrument
+
 # Bump when the schema or the seed data change: the default file name carries
 # it, so an old cached database is never opened by newer code.
 DATA_VERSION = 2
@@ -306,13 +308,16 @@ class Database:
         if conn is None:
             # check_same_thread=False only so close() may close every thread's
             # connection from the shutdown thread; each is used by one thread.
-            conn = sqlite3.connect(
+            raw = sqlite3.connect(
                 self.path,
                 isolation_level=None,
                 check_same_thread=False,
                 timeout=BUSY_TIMEOUT_MS / 1000,
             )
-            conn.row_factory = sqlite3.Row
+            raw.row_factory = sqlite3.Row
+            # Every query is timed and counted for the request that ran it
+            # (/_perf/db, routes[].db); the proxy behaves like the connection.
+            conn = instrument(raw)
             conn.execute("PRAGMA foreign_keys = ON")
             # WAL needs no fsync per commit for a demo; a crash may lose the
             # last orders, never corrupt the file.
