@@ -183,6 +183,10 @@ class PerfClient:
         """``GET {prefix}/memory/diff``: what grew since the baseline, largest first."""
         return self._json("GET", "/memory/diff", params=_params(top=top, group_by=group_by))
 
+    def db(self, route: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        """``GET {prefix}/db``: routes by DB time, N+1s, slow statements (409: DB capture off)."""
+        return self._json("GET", "/db", params=_params(route=route, limit=limit))
+
     # ----------------------------------------------------------------- downloads
 
     def profile(

@@ -32,6 +32,7 @@ from asgi_perf.errors import ConfigError
 from asgi_perf.testing.budgets import (
     DEFAULT_MIN_SAMPLES,
     format_verdict,
+    is_broken,
     load_source,
     merge_budgets,
 )
@@ -45,8 +46,8 @@ if TYPE_CHECKING:  # asgi_perf.testing.client needs httpx: imported only by test
 
 MARKERS = (
     'perf_budget(pattern, **limits) or perf_budget(budgets="perf-budgets.toml"): budgets '
-    "(p50_ms, p99_ms, max_mb, error_rate, ...) that the apps served by the perf_app fixture "
-    "must meet; the test fails listing the broken ones.",
+    "(p50_ms, p99_ms, max_mb, error_rate, max_queries, ...) that the apps served by the "
+    "perf_app fixture must meet; the test fails listing the broken ones.",
     'limit_memory(limit): fail the test when the tracemalloc peak of its body exceeds "24 MB".',
 )
 
@@ -242,7 +243,7 @@ def _problems(
         for verdict in client.check()["verdicts"]:
             text = format_verdict(verdict)
             report.append(f"{verdict['verdict']}: {text}")
-            if verdict["verdict"] == "fail":
+            if is_broken(verdict):
                 problems.append(text)
     if report:
         item.add_report_section("call", "asgi_perf", "\n".join(report))

@@ -151,7 +151,10 @@ def test_units(parse: Any, value: object, expected: float) -> None:
 
 # --- errors ------------------------------------------------------------------
 
-KNOWN = "known: p50_ms, p90_ms, p95_ms, p99_ms, max_ms, max_mb, error_rate, min_samples"
+KNOWN = (
+    "known: p50_ms, p90_ms, p95_ms, p99_ms, max_ms, max_mb, error_rate, max_queries, p99_db_ms, "
+    "min_samples"
+)
 
 
 @pytest.mark.parametrize(
@@ -455,7 +458,10 @@ def test_check_covers_many_routes_and_patterns() -> None:
 
 
 def test_metrics_contract() -> None:
-    assert METRICS == ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "max_mb", "error_rate")
+    assert METRICS == (
+        "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "max_mb", "error_rate",
+        "max_queries", "p99_db_ms",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

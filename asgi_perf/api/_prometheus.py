@@ -14,7 +14,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import accumulate
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -74,8 +74,26 @@ def cumulative_buckets(histogram: Mapping[str, Any]) -> list[tuple[str, float]]:
     return out
 
 
-def metric_families(snapshot: Mapping[str, Any], budgets: BudgetReport | None) -> list[Metric]:
-    """Every family of one scrape, from one snapshot and its budget verdicts."""
+class DBRow(Protocol):
+    """One route's DB numbers (``asgi_perf.db.DBMetricRow``): cumulative buckets, last ``inf``."""
+
+    @property
+    def route(self) -> str: ...
+    @property
+    def queries(self) -> int: ...
+    @property
+    def seconds_sum(self) -> float: ...
+    @property
+    def buckets(self) -> tuple[tuple[float, int], ...]: ...
+
+
+def metric_families(
+    snapshot: Mapping[str, Any],
+    budgets: BudgetReport | None,
+    db_rows: Sequence[DBRow] | None = None,
+) -> list[Metric]:
+    """Every family of one scrape, from one snapshot, its budget verdicts and,
+    with DB capture on, the DB rows (``core.db.metric_rows()``)."""
     requests = CounterMetricFamily(
         "asgi_perf_requests",
         "Requests finished, by route and status class (none: no response was sent).",
@@ -124,6 +142,8 @@ def metric_families(snapshot: Mapping[str, Any], budgets: BudgetReport | None) -
     loop = snapshot.get("loop")
     if isinstance(loop, Mapping):
         families.extend(_loop_families(loop))
+    if db_rows is not None:
+        families.extend(db_families(db_rows))
     families.append(
         CounterMetricFamily(
             "asgi_perf_internal_errors",
@@ -155,6 +175,33 @@ def _budget_families(verdicts: Sequence[Verdict]) -> list[Metric]:
             ok.add_metric(labels, 1 if v["verdict"] == "pass" else 0)
         insufficient.add_metric(labels, 1 if v["verdict"] == "insufficient" else 0)
     return [ok, insufficient]
+
+
+def db_families(rows: Sequence[DBRow]) -> list[Metric]:
+    """``asgi_perf_db_queries_total`` and the ``asgi_perf_db_seconds`` histogram, by route.
+
+    Both families are there as soon as capture is on, even with no query
+    yet: a dashboard tells "no queries" from "capture off" by their presence.
+    """
+    queries = CounterMetricFamily(
+        "asgi_perf_db_queries",
+        "Database queries run, by route (<no request>: outside any request).",
+        labels=("route",),
+    )
+    seconds = HistogramMetricFamily(
+        "asgi_perf_db_seconds", "Time of each database query, by route.", labels=("route",)
+    )
+    for row in rows:
+        queries.add_metric((row.route,), row.queries)
+        buckets = [(_le(bound), float(n)) for bound, n in row.buckets]
+        seconds.add_metric((row.route,), buckets, row.seconds_sum)
+    return [queries, seconds]
+
+
+def _le(bound: float) -> str:
+    # The last bound is inf, which the exposition spells +Inf.
+    # Written as the request histogram's edges are: nine decimals, trailing zeros cut.
+    return "+Inf" if math.isinf(bound) else f"{bound:.9f}".rstrip("0").rstrip(".")
 
 
 def _loop_families(loop: Mapping[str, Any]) -> list[Metric]:
@@ -190,13 +237,16 @@ class SnapshotCollector:
         self,
         snapshot: Callable[[], Mapping[str, Any]],
         check: Callable[[Mapping[str, Any]], BudgetReport] | None,
+        db_rows: Callable[[], Sequence[DBRow]] | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._check = check
+        self._db_rows = db_rows
 
     def collect(self) -> Iterable[Metric]:
         snap = self._snapshot()
-        return metric_families(snap, None if self._check is None else self._check(snap))
+        rows = None if self._db_rows is None else self._db_rows()
+        return metric_families(snap, None if self._check is None else self._check(snap), rows)
 
 
 def private_registry(collector: SnapshotCollector) -> CollectorRegistry:

@@ -58,6 +58,7 @@ _ASSETS: Mapping[str, str] = {
     "routes.js": "text/javascript; charset=utf-8",
     "profiles.js": "text/javascript; charset=utf-8",
     "panels.js": "text/javascript; charset=utf-8",
+    "db.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
 _SHELL = "index.html"

@@ -1,7 +1,8 @@
 """``GET {prefix}/metrics``: the numbers in the Prometheus exposition formats.
 
 Each scrape takes one snapshot (``core.snapshot(histograms=True)``, the
-view of every worker when they share one) and renders it with
+view of every worker when they share one), and with ``db=True`` the DB
+rows (``core.db.metric_rows()``, every worker's too), and renders them with
 ``prometheus_client`` (see ``asgi_perf.api._prometheus``).
 
 The library is imported on the first scrape: an app that is never scraped
@@ -35,7 +36,9 @@ def add_metrics_routes(add: AddRoute, core: PerfCore) -> None:
 
         if registry is None:
             collector = _prometheus.SnapshotCollector(
-                lambda: core.snapshot(histograms=True), core.budgets.check
+                lambda: core.snapshot(histograms=True),
+                core.budgets.check,
+                None if core.db is None else core.db.metric_rows,
             )
             registry = _prometheus.private_registry(collector)
         return _prometheus.expose(registry, accept, accept_encoding)

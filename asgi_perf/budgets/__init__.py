@@ -6,6 +6,7 @@ file or ``pyproject.toml``.
 """
 
 from asgi_perf.budgets.check import (
+    DB_OFF_NOTE,
     PROCESS,
     PROCESS_METRICS,
     BudgetReport,
@@ -14,9 +15,11 @@ from asgi_perf.budgets.check import (
     Verdict,
 )
 from asgi_perf.budgets.load import load_budgets
-from asgi_perf.budgets.pattern import METRICS, Budget
+from asgi_perf.budgets.pattern import DB_METRICS, METRICS, Budget
 
 __all__ = [
+    "DB_METRICS",
+    "DB_OFF_NOTE",
     "METRICS",
     "PROCESS",
     "PROCESS_METRICS",

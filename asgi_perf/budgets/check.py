@@ -10,6 +10,10 @@ A ``process`` table holds the process's own limits (``max_rss_mb``,
 maximum (``max_ms``, ``max_mb``, ``max_rss_mb``) is broken by one
 observation over it: that is a fail whatever the sample count; a pass still
 needs ``min_samples``.
+
+``max_queries`` (a maximum) and ``p99_db_ms`` read the route's ``db``
+numbers, which exist only when the app runs with ``db=True``: without them
+the verdict is "insufficient" and its ``note`` says how to turn them on.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, TypedDict
 
-from asgi_perf.budgets.pattern import METRICS, Budget, check_min_samples
+from asgi_perf.budgets.pattern import DB_METRICS, METRICS, Budget, check_min_samples
 from asgi_perf.errors import ConfigError
 from asgi_perf.units import parse_growth_mb_per_h, parse_size_mb
 
@@ -31,16 +35,24 @@ _PROCESS_PARSERS: Mapping[str, Callable[..., float]] = {
 }
 _ORDER = {m: i for i, m in enumerate((*METRICS, *PROCESS_METRICS))}
 # Broken by a single observation over the limit.
-_MAXIMA = frozenset({"max_ms", "max_mb", "max_rss_mb"})
+_MAXIMA = frozenset({"max_ms", "max_mb", "max_rss_mb", "max_queries"})
 _LATENCY_KEY = {"p50_ms": "p50", "p90_ms": "p90", "p95_ms": "p95", "p99_ms": "p99", "max_ms": "max"}
+# Where a DB metric is in a route's ``db`` part.
+_DB_KEY = {"max_queries": ("queries", "max"), "p99_db_ms": ("time_ms", "p99")}
 _MAX_CACHED_KEYS = 4096
+DB_OFF_NOTE = "no DB numbers: start the app with db=True (or ASGI_PERF_DB=1)"
 
 # What a verdict says: "insufficient" when too few samples (or none) were measured.
 Outcome = Literal["pass", "fail", "insufficient"]
 _SEVERITY: Mapping[Outcome, int] = {"fail": 2, "pass": 1, "insufficient": 0}
 
 
-class Verdict(TypedDict):
+class _VerdictNote(TypedDict, total=False):
+    # Why a verdict is what it is, when the numbers alone do not say (DB_OFF_NOTE).
+    note: str
+
+
+class Verdict(_VerdictNote):
     """One route and metric checked against the budget that applies to it."""
 
     route: str
@@ -103,8 +115,10 @@ class BudgetSet:
         for budget in self.budgets:
             exact, has_method, _ = budget._rank
             if exact and has_method and budget.pattern not in seen:
+                # Never requested: no DB numbers is a fault only if the app has none.
+                unseen = {} if snapshot.get("db") else {"route": budget.pattern}
                 verdicts.extend(
-                    self._verdict(budget.pattern, budget, metric, {})
+                    self._verdict(budget.pattern, budget, metric, unseen)
                     for metric in METRICS
                     if metric in budget.limits
                 )
@@ -163,9 +177,12 @@ class BudgetSet:
     ) -> Verdict:
         measured, samples = _measure(entry, metric)
         needed = self.min_samples if budget.min_samples is None else budget.min_samples
-        return _judge(
+        verdict = _judge(
             route, budget.pattern, metric, budget.limits[metric], measured, samples, needed
         )
+        if metric in DB_METRICS and "route" in entry and not isinstance(entry.get("db"), Mapping):
+            verdict["note"] = DB_OFF_NOTE
+        return verdict
 
     def process_verdicts(self, snapshot: Mapping[str, Any]) -> list[Verdict]:
         """The [process] limits against every process of the snapshot (the worst one)."""
@@ -205,7 +222,7 @@ def _judge(
         verdict = "insufficient"
     else:
         verdict = "fail" if measured > limit else "pass"
-    # ms and MB to 3 places (1 µs, ~1 KB); rates need more to show 0.01%.
+    # ms, MB and query counts to 3 places (1 µs, ~1 KB); rates need more to show 0.01%.
     ndigits = 6 if metric == "error_rate" else 3
     return {
         "route": route,
@@ -239,5 +256,10 @@ def _measure(entry: Mapping[str, Any], metric: str) -> tuple[float | None, int]:
         return (memory.get("max") if samples else None), samples
     if metric == "error_rate":
         return (int(entry.get("errors") or 0) / count if count else None), count
+    if metric in DB_METRICS:
+        db = entry.get("db")
+        part = db.get(_DB_KEY[metric][0]) if isinstance(db, Mapping) else None
+        value = part.get(_DB_KEY[metric][1]) if isinstance(part, Mapping) and count else None
+        return (float(value) if isinstance(value, (int, float)) else None), count
     latency = entry.get("latency_ms") or {}
     return (latency.get(_LATENCY_KEY[metric]) if count else None), count

@@ -8,6 +8,7 @@ A pattern is ``"METHOD /path"``, ``"/path"`` (any method) or ``"*"``
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,16 +17,36 @@ from types import MappingProxyType
 from typing import Any
 
 from asgi_perf.errors import ConfigError
-from asgi_perf.units import parse_duration_ms, parse_rate, parse_size_mb
+from asgi_perf.units import parse_duration_ms, parse_rate, parse_size_mb, whole_number
 
 METRICS: tuple[str, ...] = (
     "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "max_mb", "error_rate",
+    "max_queries", "p99_db_ms",
 )  # fmt: skip
+# Measured from the route's ``db`` numbers, present only with ``db=True``.
+DB_METRICS = frozenset({"max_queries", "p99_db_ms"})
+
+
+def parse_query_count(value: object, *, name: str) -> float:
+    """A number of queries: a whole number >= 0 (``3``, ``3.0`` or ``"3"``)."""
+    number: float | None = None
+    if isinstance(value, str):
+        count = whole_number(value.strip())
+        number = None if count is None else float(count)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        # bool is an int: `max_queries = true` is a mistake, not 1.
+        number = float(value)
+    if number is None or not math.isfinite(number) or number < 0 or not number.is_integer():
+        raise ConfigError(f"{name}: expected a whole number of queries >= 0, got {value!r}")
+    return number
+
 
 _PARSERS: Mapping[str, Callable[..., float]] = {
     **dict.fromkeys(METRICS[:5], parse_duration_ms),
     "max_mb": parse_size_mb,
     "error_rate": parse_rate,
+    "max_queries": parse_query_count,
+    "p99_db_ms": parse_duration_ms,
 }
 KNOWN = ", ".join((*METRICS, "min_samples"))
 _SPECIAL = frozenset({"<unmatched>", "<other>"})

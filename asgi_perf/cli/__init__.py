@@ -1,11 +1,12 @@
 """``asgi-perf``: the command line for an app wrapped by asgi_perf, and for its files.
 
 Talks to a running app (``stats``, ``profile``, ``fetch``, ``view``, ``check``,
-and for memory ``memory``, ``soak``, ``leaks``) and works on saved files
+for memory ``memory``, ``soak``, ``leaks``, and ``db``) and works on saved files
 (``check``, ``diff``, ``flamegraph``, ``merge``). Every error is one line on
 stderr (``asgi-perf: error: ...``) and a non-zero exit: 1 a budget failed, a
-regression passed its threshold or a soak grew, 2 bad usage or an unusable
-file, 3 the app could not be reached or answered an error, 130 interrupted.
+regression passed its threshold, a soak grew or DB capture is off, 2 bad usage
+or an unusable file, 3 the app could not be reached or answered an error, 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="asgi-perf",
         description="Stats, budgets and profiles of an ASGI app wrapped by asgi_perf.",
-        epilog="Exit codes: 0 ok, 1 budget failed, regression or soak grew, 2 bad usage or file, "
+        epilog="Exit codes: 0 ok, 1 budget failed, regression, soak grew or DB capture off, "
+        "2 bad usage or file, "
         "3 app unreachable or HTTP error, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"asgi-perf {_version()}")
@@ -203,6 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="frames traced if tracing is off (1; 10 with --group-by traceback)",
     )
+
+    p = command("db", "db:cmd_db", "routes by DB time, N+1 queries, slow statements")
+    p.epilog = (
+        "Reads GET /db of an app started with db=True (or ASGI_PERF_DB=1): per route the "
+        "requests, queries and DB time; each N+1 with the line of the app that runs it; the "
+        "statements slower than slow_query_ms. Exit 1 when DB capture is off."
+    )
+    p.add_argument("url", metavar="URL", help="the app, e.g. http://127.0.0.1:8000")
+    p.add_argument(
+        "--route", help='only this route, with its top statements, e.g. "GET /api/orders"'
+    )
+    p.add_argument(
+        "--limit", type=_whole_number, metavar="N", help="statements per route, rows per list (20)"
+    )
+    p.add_argument("--json", action="store_true", help="print GET /db as is")
 
     from asgi_perf.cli.diff import THRESHOLD_METRICS, parse_threshold
 

@@ -5,7 +5,7 @@ a missing extra is a usage error too.
 """
 
 EXIT_OK = 0
-EXIT_FAILED = 1  # a budget failed or a regression passed its threshold
+EXIT_FAILED = 1  # a budget failed, a regression passed its threshold, DB capture is off
 EXIT_USAGE = 2  # bad arguments or an unusable input file
 EXIT_SERVER = 3  # the app could not be reached or answered with an error
 EXIT_INTERRUPTED = 130

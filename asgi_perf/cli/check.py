@@ -51,6 +51,8 @@ def cmd_check(args: argparse.Namespace, io: IO) -> int:
         io.out.print(f"no budgets to check (source: {result.get('source')})", markup=False)
         return EXIT_OK
     io.out.print(verdicts_table(verdicts, str(result.get("source") or "")))
+    for note in dict.fromkeys(str(v["note"]) for v in verdicts if v.get("note")):
+        io.out.print(Text(f"note: {note}", style="yellow"))
     counts = Counter(str(v.get("verdict")) for v in verdicts)
     summary = ", ".join(f"{counts[k]} {k}" for k in ("fail", "pass", "insufficient") if counts[k])
     failed = counts["fail"] > 0
@@ -123,6 +125,8 @@ def _value(metric: str, value: Any) -> str:
         return "-"
     if metric == "error_rate":
         return percent_text(value)
+    if metric == "max_queries":
+        return number_text(value)
     unit = " MB" if metric == "max_mb" else " ms"
     return number_text(value) + unit
 
@@ -157,11 +161,8 @@ def write_junit(path: Path, verdicts: list[Verdict], source: str) -> None:
                 f"limit {limit}, over {v.get('samples')} samples"
             )
         elif v.get("verdict") == "insufficient":
-            ET.SubElement(
-                case,
-                "skipped",
-                {"message": f"not enough samples for {metric}: {v.get('samples')}"},
-            )
+            message = f"not enough samples for {metric}: {v.get('samples')}"
+            ET.SubElement(case, "skipped", {"message": str(v.get("note") or message)})
     ET.indent(root)
     try:
         ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

@@ -13,12 +13,14 @@ from __future__ import annotations
 import re
 
 # One pass, alternatives in priority order: a quote inside a comment or a
-# digit inside a string must not start a token of its own.
+# digit inside a string must not start a token of its own. A backslash
+# escapes the next character in a string (MySQL, PostgreSQL E''): reading
+# it so in a standard string only ever folds more, never less.
 _TOKENS = re.compile(
     r"""
       (?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
     | (?P<dollar>\$(?P<tag>[A-Za-z_]*)\$.*?(?:\$(?P=tag)\$|\Z))
-    | (?P<string>(?:[EeNnBbXx]|[Uu]&)?'(?:[^']|'')*(?:'|\Z))
+    | (?P<string>(?:[EeNnBbXx]|[Uu]&)?'(?:[^'\\]|''|\\.)*(?:'|\Z))
     | (?P<ident>"(?:[^"]|"")*"|`[^`]*`|\[[^\]\n]*\])
     | (?P<placeholder>[$:@]\w+|%\(\w+\)s|%s)
     | (?P<word>[A-Za-z_][\w$]*)

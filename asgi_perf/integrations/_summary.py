@@ -20,6 +20,8 @@ def fmt(metric: str, value: Any) -> str:
         return f"{value:.2f} MB"
     if metric == "error_rate":
         return f"{value * 100:.2f} %"
+    if metric == "max_queries":
+        return f"{value:g}"
     return f"{value}"
 
 
@@ -78,6 +80,8 @@ def summary(
             f"{insufficient} insufficient ({verdicts.get('source', '')})"
         )
         lines.extend(table(rows))
+        notes = dict.fromkeys(str(v["note"]) for v in rows if v.get("note"))
+        lines.extend(f"note: {note}" for note in notes)
     for path in saved:
         lines.append(f"  {path}")
     by_name = {p.name: p for p in saved}

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from asgi_perf.budgets import Budget, BudgetSet, load_budgets
+from asgi_perf.budgets import DB_METRICS, Budget, BudgetSet, load_budgets
 from asgi_perf.units import number_text
 
 BudgetsLike = Mapping[str, Any] | str | os.PathLike[str] | BudgetSet | None
@@ -22,25 +22,44 @@ MemoryBudget = Callable[[float | str], None]
 DEFAULT_MIN_SAMPLES = 1
 # No budgets file sets min_samples this high: seeing it back means the source did not set it.
 _UNSET = 2**62
-_UNITS = {"max_mb": " MB", "error_rate": "%"}
+_UNITS = {"max_mb": " MB", "error_rate": "%", "max_queries": " queries"}
 
 
 def format_verdict(verdict: Mapping[str, Any]) -> str:
     """One line for one verdict of ``BudgetSet.check`` (or ``GET /_perf/budgets``):
     ``GET /slow p99_ms: 101.2 ms > limit 50 ms (412 samples)``."""
     metric = verdict["metric"]
-    unit = _UNITS.get(metric, " ms")
     scale = 100.0 if metric == "error_rate" else 1.0
-    limit = f"limit {number_text(verdict['limit'] * scale)}{unit}"
+
+    def text(value: float) -> str:
+        unit = _UNITS.get(metric, " ms")
+        if metric == "max_queries" and value == 1:
+            unit = " query"
+        return f"{number_text(value * scale)}{unit}"
+
+    limit = f"limit {text(verdict['limit'])}"
     samples = verdict["samples"]
     counted = f"{samples} sample{'' if samples == 1 else 's'}"
     if verdict["pattern"] != verdict["route"]:
         counted += f', budget "{verdict["pattern"]}"'
     head = f"{verdict['route']} {metric}:"
+    if verdict.get("note"):
+        return f"{head} {verdict['note']} ({counted}), {limit}"
     if verdict["verdict"] == "insufficient" or verdict["measured"] is None:
         return f"{head} not enough samples ({counted}), {limit}"
     relation = ">" if verdict["verdict"] == "fail" else "<="
-    return f"{head} {number_text(verdict['measured'] * scale)}{unit} {relation} {limit} ({counted})"
+    return f"{head} {text(verdict['measured'])} {relation} {limit} ({counted})"
+
+
+def is_broken(verdict: Mapping[str, Any]) -> bool:
+    """A fail, or a budget that cannot be judged as the app is set up (it has a
+    ``note``, e.g. ``max_queries`` with DB capture off): a test must not pass on it."""
+    return verdict["verdict"] == "fail" or bool(verdict.get("note"))
+
+
+def wants_db(budgets: BudgetSet) -> bool:
+    """Whether a budget reads DB numbers (``max_queries``, ``p99_db_ms``)."""
+    return any(DB_METRICS.intersection(b.limits) for b in budgets.budgets)
 
 
 def merge_budgets(parts: Iterable[Iterable[Budget]], *, min_samples: int) -> BudgetSet:

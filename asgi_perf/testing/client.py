@@ -22,8 +22,10 @@ from asgi_perf.testing.budgets import (
     BudgetsLike,
     as_table,
     format_verdict,
+    is_broken,
     load_source,
     merge_budgets,
+    wants_db,
 )
 from asgi_perf.testing.transport import LOOPBACK, LoopTransport
 
@@ -35,6 +37,9 @@ def check_budgets(
     min_samples: int = DEFAULT_MIN_SAMPLES,
 ) -> list[str]:
     """The broken budgets of ``source``, one line each (empty when all hold).
+
+    A budget the app cannot measure as it is set up (``max_queries`` with DB
+    capture off) counts as broken: its line says what to turn on.
 
     ``source`` is a ``PerfTestClient``, a ``PerfMiddleware`` or a stats snapshot
     (``/_perf/stats`` or ``snapshot()``). ``budgets`` defaults to the client's
@@ -52,7 +57,7 @@ def check_budgets(
         own = load_budgets(budgets, min_samples=min_samples, pyproject=None)
     if own is None:
         raise TypeError("check_budgets: a snapshot needs budgets=... to be checked against")
-    return [format_verdict(v) for v in own.check(snapshot)["verdicts"] if v["verdict"] == "fail"]
+    return [format_verdict(v) for v in own.check(snapshot)["verdicts"] if is_broken(v)]
 
 
 def assert_budgets(
@@ -105,6 +110,9 @@ class PerfTestClient(httpx.Client):
             min_samples = options["min_samples"]
         self.budgets: BudgetSet = merge_budgets([load_source(budgets)], min_samples=min_samples)
         options["budgets"] = as_table(self.budgets)
+        if "config" not in options and "db" not in options and wants_db(self.budgets):
+            # A max_queries budget is the test asking for DB numbers; db=False still wins.
+            options["db"] = True
         self.perf = PerfMiddleware(app, **options)
         self._raise = raise_app_exceptions
         self._loop = LoopTransport(self._serve, raise_app_exceptions)

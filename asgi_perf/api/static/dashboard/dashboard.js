@@ -3,6 +3,7 @@
 
 import { AuthNeeded, TOKEN_EXPECTED, getJSON, postJSON, q, setToken, token } from "./api.js";
 import { History } from "./charts.js";
+import { DBPanel } from "./db.js";
 import { clock, setText, show } from "./dom.js";
 import { LoopPanel, MemoryPanel, TrafficPanel, WorkersPanel, recentTotals, summaryText } from "./panels.js";
 import { FlameImage, ProfileList, WindowControl, describe } from "./profiles.js";
@@ -13,6 +14,8 @@ const REFRESH_MS = 2000;
 const MEMORY_EVERY = 15;
 const HISTOGRAM_EVERY = 5;
 const BUDGETS_MAX_AGE_MS = 30000;
+// GET /db again once new queries came in, and not more often than this.
+const DB_MIN_AGE_MS = 4000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -32,6 +35,8 @@ const state = {
   routes: new Map(), // the last snapshot's routes by name
   timelineOn: false,
   timelinePoints: null,
+  dbQueries: null, // snap.db.queries when /db was last read
+  dbAt: 0,
 };
 
 const table = new RouteTable($("routes-table"), $("routes-empty"), select);
@@ -40,6 +45,7 @@ const traffic = new TrafficPanel($("traffic"));
 const memory = new MemoryPanel($("memory"));
 const loop = new LoopPanel($("loop"));
 const workers = new WorkersPanel($("workers"));
+const database = new DBPanel($("db"));
 const viewer = new FlameImage($("viewer-body"));
 const profiles = new ProfileList($("profiles-table"), $("profiles-summary"), openFlame);
 const windows = new WindowControl(
@@ -197,6 +203,25 @@ async function details(snap, tick) {
     if (report) guard("loop", () => loop.report(report));
   }
   if (snap.process) await refreshMemory(snap, tick);
+  if (guard("db", () => database.wanted(snap.db))) await refreshDB(snap.db);
+}
+
+/** GET /db when queries came in since it was last read (the first time, at once). */
+async function refreshDB(db) {
+  const fresh = state.dbQueries === null;
+  if (!fresh && (db.queries === state.dbQueries || Date.now() - state.dbAt < DB_MIN_AGE_MS)) return;
+  try {
+    const answer = await getJSON("/db");
+    state.dbQueries = db.queries;
+    state.dbAt = Date.now();
+    guard("db", () => database.update(answer));
+  } catch (err) {
+    if (err instanceof AuthNeeded) throw err;
+    if (err.status !== 409) return; // asked again next time
+    state.dbQueries = db.queries;
+    state.dbAt = Date.now();
+    database.disabled();
+  }
 }
 
 /**
@@ -286,6 +311,7 @@ $("reset").addEventListener("click", async () => {
     state.total.p99.clear();
     state.perRoute.clear();
     state.verdictKey = null;
+    state.dbQueries = null;
     setText($("window-state"), `reset: ${cleared.requests ?? 0} requests cleared`);
     refresh();
   } catch (err) {

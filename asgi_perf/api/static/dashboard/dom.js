@@ -126,6 +126,8 @@ export function metricLabel(metric) {
     error_rate: "errors",
     max_rss_mb: "RSS",
     max_growth_mb_per_h: "growth",
+    max_queries: "queries",
+    p99_db_ms: "DB p99",
   };
   return names[metric] || metric.replace(/_ms$/, "");
 }
@@ -135,6 +137,7 @@ export function limitText(metric, value) {
   if (!isNum(value)) return "—";
   if (metric === "error_rate") return `${+(value * 100).toPrecision(3)} %`;
   if (metric === "max_growth_mb_per_h") return `${value} MB/h`;
+  if (metric === "max_queries") return `${value}`;
   if (metric.endsWith("_mb")) return `${+value.toPrecision(4)} MB`;
   return limitMs(value);
 }

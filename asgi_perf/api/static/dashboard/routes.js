@@ -39,15 +39,17 @@ export function verdictChip(v) {
     {
       class: `verdict verdict-${v.verdict}`,
       "data-verdict": v.verdict,
-      title: `${measured}, ${v.samples} samples (budget ${v.pattern || v.route})`,
+      title: v.note || `${measured}, ${v.samples} samples (budget ${v.pattern || v.route})`,
     },
     el("b", { text: v.verdict }),
     ` ${label}`,
-    v.verdict === "insufficient" ? el("span", { class: "samples", text: ` (${v.samples} samples)` }) : null,
+    // A note (DB capture off) says more than the sample count.
+    v.note ? el("span", { class: "samples note", text: " (no DB numbers)" })
+      : v.verdict === "insufficient" ? el("span", { class: "samples", text: ` (${v.samples} samples)` }) : null,
   );
 }
 
-const chipKey = (v) => `${v.metric} ${v.verdict} ${v.limit} ${v.verdict === "insufficient" ? v.samples : ""}`;
+const chipKey = (v) => `${v.metric} ${v.verdict} ${v.limit} ${v.verdict === "insufficient" ? v.samples : ""} ${v.note || ""}`;
 
 const CELLS = ["count", "rps", "p50", "p90", "p99", "max", "errors", "memory"];
 
