@@ -394,7 +394,8 @@ def orders_n_plus_one(conn: sqlite3.Connection, user_id: int, limit: int) -> lis
     """The deliberate N+1: one query for the orders, then one more per order for its lines.
 
     Each query is quick (both go through an index), but a shopper with 12
-    orders costs 13 round trips to the database, and one with 100 costs 101.
+    orders costs 13 queries, and ``limit=100`` up to 101: against a database
+    server, as many network round trips.
     """
     history = []
     for order in conn.execute(ORDERS_OF_USER, (user_id, limit)).fetchall():
