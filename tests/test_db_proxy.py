@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -159,3 +160,27 @@ def test_record_counts_a_query_of_any_driver(sink: DBStats) -> None:
     assert slow["route"] == NO_REQUEST
     assert slow["call_site"] == f"tests/test_db_proxy.py:{line}"
     assert "ann@" not in repr(sink.state())
+
+
+def test_rows_fetched_after_execute_add_to_the_statement_not_to_the_count() -> None:
+    sink = DBStats(route_key=lambda scope: "unused", slow_query_ms=100)
+    conn = instrument(sqlite3.connect(":memory:"))
+    # Each row sleeps 40 ms when sqlite reaches it: execute reaches the first,
+    # fetchall the other two.
+    conn.create_function("pause", 1, lambda s: time.sleep(s) or 0)
+    conn.execute("CREATE TABLE t (x)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,), (3,)])
+    line = sys._getframe().f_lineno + 1
+    rows = conn.execute("SELECT x, pause(0.04) FROM t").fetchall()
+    assert [r[0] for r in rows] == [1, 2, 3]
+    body = report(merge_states([sink.state()]), threshold=10, slow_query_ms=100)
+    (route,) = body["routes"]
+    stmt = next(s for s in route["statements"] if s["statement"].startswith("SELECT x"))
+    assert stmt["count"] == 1
+    assert stmt["total_ms"] >= 120
+    assert stmt["max_ms"] == stmt["total_ms"]
+    (slow,) = body["slow"]
+    assert slow["statement"] == "SELECT x, pause(?) FROM t"
+    assert slow["duration_ms"] >= 120
+    assert slow["call_site"] == f"tests/test_db_proxy.py:{line}"
+    assert route["queries"] == 3

@@ -26,8 +26,26 @@ SEEN = _Seen()
 
 def _log(query: Any) -> None:
     # asyncpg calls loggers with loop.call_soon, in a copy of the query's
-    # context: the request's tally is found, one loop turn after the query.
-    record_ns(str(query.query), int(query.elapsed * 1e9), query.exception is not None)
+    # context: the request's tally is found, one loop turn after the query,
+    # but the stack is the loop's, not the app's: no call site.
+    text = str(query.query)
+    if _is_pool_reset(text):
+        return
+    record_ns(text, int(query.elapsed * 1e9), query.exception is not None, locate=False)
+
+
+# What asyncpg's pool runs on a connection given back to it
+# (Connection.get_reset_query): the pool's work, not the app's query.
+_RESET_PARTS = frozenset(
+    {"SELECT pg_advisory_unlock_all();", "CLOSE ALL;", "UNLISTEN *;", "RESET ALL;"}
+)
+
+
+def _is_pool_reset(text: str) -> bool:
+    if not text.startswith(("SELECT pg_advisory_unlock_all", "CLOSE ALL", "UNLISTEN", "RESET ALL")):
+        return False
+    statements = {" ".join(part.split()) + ";" for part in text.split(";") if part.strip()}
+    return statements <= _RESET_PARTS
 
 
 async def asyncpg_init(connection: Any) -> None:
@@ -56,14 +74,16 @@ def instrument_asyncpg(pool_or_connection: Any) -> Any:
         con = getattr(holder, "_con", None)
         if con is not None:
             _add(con)
-    connect = getattr(pool, "_get_new_connection", None)
+    # The pool opens connections with its ``_connect`` callable (a slot,
+    # writable): wrapped, every connection it opens logs from its first query.
+    connect = getattr(pool, "_connect", None)
     if connect is not None and not getattr(connect, "_asgi_perf", False):
 
-        async def new_connection() -> Any:
-            con = await connect()
+        async def connect_logged(*args: Any, **kwargs: Any) -> Any:
+            con = await connect(*args, **kwargs)
             _add(con)
             return con
 
-        new_connection._asgi_perf = True  # type: ignore[attr-defined]
-        pool._get_new_connection = new_connection
+        connect_logged._asgi_perf = True  # type: ignore[attr-defined]
+        pool._connect = connect_logged
     return pool

@@ -51,7 +51,20 @@ def _app_code(code: CodeType) -> bool:
 
 def call_site(depth: int = 1) -> str | None:
     """``path:line`` of the innermost app frame above the caller, or None."""
-    frame: FrameType | None = sys._getframe(depth)
+    found = _walk(sys._getframe(depth))
+    if found is None and "greenlet" in sys.modules:
+        # SQLAlchemy's async engines run the driver in a greenlet whose stack
+        # ends at its own start: the app's frames are in the parent's stack,
+        # stopped where it switched to the child.
+        greenlet = sys.modules["greenlet"]
+        parent = greenlet.getcurrent().parent
+        while found is None and parent is not None:
+            found = _walk(parent.gr_frame)
+            parent = parent.parent
+    return found
+
+
+def _walk(frame: FrameType | None) -> str | None:
     for _ in range(_MAX_DEPTH):
         if frame is None:
             return None

@@ -2,9 +2,10 @@
 
 Everything the driver offers passes through unchanged: attributes are read
 and set on the real connection or cursor, iteration and ``fetch*`` are the
-cursor's own, context managers are the driver's. Only ``execute``,
-``executemany``, ``executescript`` and ``callproc`` are timed (on the
-connection too, for drivers that have them there). A driver error is
+cursor's own, context managers are the driver's. ``execute``,
+``executemany``, ``executescript`` and ``callproc`` are timed and counted
+(on the connection too, for drivers that have them there); ``fetchall``
+and ``fetchmany`` add their time to the statement they read. A driver error is
 counted as a failed query and re-raised as it came.
 """
 
@@ -14,10 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from asgi_perf.db.tally import record_ns
+from asgi_perf.db.tally import record_fetch_ns, record_ns
 
 _ns = time.perf_counter_ns
-_OWN = frozenset({"_real"})
+_OWN = frozenset({"_real", "_sql", "_ns"})
 
 
 def _text(sql: object) -> str:
@@ -31,20 +32,27 @@ def _text(sql: object) -> str:
 def _count(sql: object, ns: int, failed: bool) -> None:
     # Counting must never break a query.
     try:  # noqa: SIM105
-        record_ns(_text(sql), ns, failed)
+        record_ns(sql if type(sql) is str else _text(sql), ns, failed)
     except Exception:  # pragma: no cover - a bug of ours, not the app's
         pass
 
 
-def _timed(call: Callable[..., Any], sql: object, args: tuple[Any, ...], kw: Any) -> Any:
+def _timed(
+    call: Callable[..., Any], sql: object, args: tuple[Any, ...], kw: Any
+) -> tuple[Any, int]:
+    """``call(sql, ...)`` timed and counted: its result and its nanoseconds."""
     t0 = _ns()
     try:
         result = call(sql, *args, **kw)
     except BaseException:
         _count(sql, _ns() - t0, True)
         raise
-    _count(sql, _ns() - t0, False)
-    return result
+    ns = _ns() - t0
+    try:  # noqa: SIM105 - inlined _count: this is every query's path
+        record_ns(sql if type(sql) is str else _text(sql), ns, False)
+    except Exception:  # pragma: no cover - a bug of ours, not the app's
+        pass
+    return result, ns
 
 
 class _Proxy:
@@ -54,7 +62,7 @@ class _Proxy:
     _real: Any
 
     def __init__(self, real: Any) -> None:
-        object.__setattr__(self, "_real", real)
+        _set_real(self, real)
 
     def __getattr__(self, name: str) -> Any:
         if name in _OWN:  # not set yet (copy, pickle): no endless recursion
@@ -74,27 +82,65 @@ class _Proxy:
         return f"<asgi_perf instrumented {self._real!r}>"
 
 
+# The slot's own setter: __setattr__ sends every other name to the real object.
+_set_real = _Proxy.__dict__["_real"].__set__
+
+
 class InstrumentedCursor(_Proxy):
-    """A cursor whose executes are timed; the rest is the driver's cursor."""
+    """A cursor whose executes and bulk fetches are timed; the rest is the driver's."""
 
-    __slots__ = ()
+    __slots__ = ("_ns", "_sql")
 
-    def _same(self, result: Any) -> Any:
+    def __init__(self, real: Any, sql: object = None, ns: int = 0) -> None:
+        _set_real(self, real)
+        _set_sql(self, sql)
+        _set_ns(self, ns)
+
+    def _ran(self, sql: object, outcome: tuple[Any, int]) -> Any:
+        result, ns = outcome
+        # Remembered for the fetches that follow: their time is the statement's too.
+        _set_sql(self, sql)
+        _set_ns(self, ns)
         # sqlite3 and psycopg return the cursor itself: hand back the proxy,
         # so chained calls (cur.execute(...).fetchall()) stay instrumented.
         return self if result is self._real else result
 
     def execute(self, sql: Any, *args: Any, **kw: Any) -> Any:
-        return self._same(_timed(self._real.execute, sql, args, kw))
+        return self._ran(sql, _timed(self._real.execute, sql, args, kw))
 
     def executemany(self, sql: Any, *args: Any, **kw: Any) -> Any:
-        return self._same(_timed(self._real.executemany, sql, args, kw))
+        return self._ran(sql, _timed(self._real.executemany, sql, args, kw))
 
     def executescript(self, sql: Any, *args: Any, **kw: Any) -> Any:
-        return self._same(_timed(self._real.executescript, sql, args, kw))
+        return self._ran(sql, _timed(self._real.executescript, sql, args, kw))
 
     def callproc(self, name: Any, *args: Any, **kw: Any) -> Any:
-        return self._same(_timed(self._real.callproc, name, args, kw))
+        return self._ran(name, _timed(self._real.callproc, name, args, kw))
+
+    def fetchall(self) -> Any:
+        t0 = _ns()
+        rows = self._real.fetchall()
+        self._fetched(_ns() - t0)
+        return rows
+
+    def fetchmany(self, *args: Any, **kw: Any) -> Any:
+        t0 = _ns()
+        rows = self._real.fetchmany(*args, **kw)
+        self._fetched(_ns() - t0)
+        return rows
+
+    def _fetched(self, ns: int) -> None:
+        # sqlite3 finds rows as they are fetched: a scan that execute began
+        # goes on here. Added to the statement's time, not counted as a query.
+        sql = self._sql
+        if sql is None:
+            return
+        whole = self._ns + ns
+        _set_ns(self, whole)
+        try:  # noqa: SIM105
+            record_fetch_ns(sql if type(sql) is str else _text(sql), ns, whole)
+        except Exception:  # pragma: no cover - a bug of ours, not the app's
+            pass
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._real)
@@ -103,10 +149,15 @@ class InstrumentedCursor(_Proxy):
         return next(self._real)
 
     def __enter__(self) -> Any:
-        return self._same(self._real.__enter__())
+        entered = self._real.__enter__()
+        return self if entered is self._real else entered
 
     def __exit__(self, *exc: Any) -> Any:
         return self._real.__exit__(*exc)
+
+
+_set_sql = InstrumentedCursor.__dict__["_sql"].__set__
+_set_ns = InstrumentedCursor.__dict__["_ns"].__set__
 
 
 class InstrumentedConnection(_Proxy):
@@ -114,20 +165,21 @@ class InstrumentedConnection(_Proxy):
 
     __slots__ = ()
 
-    def _cursor(self, result: Any) -> Any:
-        return InstrumentedCursor(result) if result is not None else result
+    def _cursor(self, sql: object, outcome: tuple[Any, int]) -> Any:
+        result, ns = outcome
+        return InstrumentedCursor(result, sql, ns) if result is not None else result
 
     def cursor(self, *args: Any, **kw: Any) -> InstrumentedCursor:
         return InstrumentedCursor(self._real.cursor(*args, **kw))
 
     def execute(self, sql: Any, *args: Any, **kw: Any) -> Any:
-        return self._cursor(_timed(self._real.execute, sql, args, kw))
+        return self._cursor(sql, _timed(self._real.execute, sql, args, kw))
 
     def executemany(self, sql: Any, *args: Any, **kw: Any) -> Any:
-        return self._cursor(_timed(self._real.executemany, sql, args, kw))
+        return self._cursor(sql, _timed(self._real.executemany, sql, args, kw))
 
     def executescript(self, sql: Any, *args: Any, **kw: Any) -> Any:
-        return self._cursor(_timed(self._real.executescript, sql, args, kw))
+        return self._cursor(sql, _timed(self._real.executescript, sql, args, kw))
 
     def __enter__(self) -> Any:
         entered = self._real.__enter__()

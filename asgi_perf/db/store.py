@@ -111,18 +111,33 @@ class DBStats:
     def known_site(self, route: str, statement: str) -> bool:
         return (route, statement) in self.sites
 
-    def outside(self, route: str, statement: str, ns: int, failed: bool, site: str | None) -> None:
-        """A query with no request to count it (or after its request was counted)."""
+    def outside(
+        self,
+        route: str,
+        statement: str,
+        ns: int,
+        failed: bool,
+        site: str | None,
+        queries: int = 1,
+        whole_ns: int | None = None,
+    ) -> None:
+        """A query with no request to count it (or after its request was counted).
+
+        ``queries=0``: rows fetched for a statement already counted, ``ns``
+        more of it, ``whole_ns`` since it began.
+        """
+        whole = ns if whole_ns is None else whole_ns
         with self._lock:
             rdb = self._route(route)
-            rdb.queries += 1
+            rdb.queries += queries
             rdb.ns += ns
             rdb.failed += failed
-            rdb.per_query.record(ns)
+            if queries:
+                rdb.per_query.record(ns)
             counts = rdb.statement(statement)
-            _add(counts, 1, ns, ns, int(failed))
-            if ns >= self.slow_ns:
-                self.slow.append((route, statement, ns, site, self._wall()))
+            _add(counts, queries, ns, whole, int(failed))
+            if site is not None or (queries and ns >= self.slow_ns):
+                self.slow.append((route, statement, whole, site, self._wall()))
 
     # -- called by the middleware when a request ends
 
@@ -164,7 +179,10 @@ class DBStats:
     def _route(self, route: str) -> RouteDB:
         rdb = self.routes.get(route)
         if rdb is None:
-            if route not in _SPECIAL and len(self.routes) >= self.max_routes + len(_SPECIAL):
+            # Only a new route pays for the count (a few per process).
+            if route not in _SPECIAL and (
+                sum(1 for k in self.routes if k not in _SPECIAL) >= self.max_routes
+            ):
                 return self._route(OTHER)
             rdb = self.routes[route] = RouteDB()
         return rdb

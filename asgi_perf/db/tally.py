@@ -33,7 +33,14 @@ class Sink(Protocol):
     def route_of(self, tally: Tally) -> str: ...
 
     def outside(
-        self, route: str, statement: str, ns: int, failed: bool, site: str | None
+        self,
+        route: str,
+        statement: str,
+        ns: int,
+        failed: bool,
+        site: str | None,
+        queries: int = 1,
+        whole_ns: int | None = None,
     ) -> None: ...
 
 
@@ -41,10 +48,11 @@ class Tally:
     """One request's queries: per statement, plus the slow ones and call sites."""
 
     __slots__ = ("done", "failed", "ns", "queries", "route", "scope", "sink", "sites", "slow",
-                 "statements", "times")  # fmt: skip
+                 "slow_ns", "statements", "times")  # fmt: skip
 
     def __init__(self, sink: Sink, scope: object) -> None:
         self.sink = sink
+        self.slow_ns = sink.slow_ns
         self.scope = scope
         self.queries = 0
         self.ns = 0
@@ -59,7 +67,7 @@ class Tally:
         self.route: str | None = None
         self.done = False
 
-    def add(self, statement: str, ns: int, failed: bool) -> None:
+    def add(self, statement: str, ns: int, failed: bool, locate: bool = True) -> None:
         self.queries += 1
         self.ns += ns
         self.times.append(ns)
@@ -72,7 +80,7 @@ class Tally:
             if route is None:
                 route = self.route = self.sink.route_of(self)
             if not self.sink.known_site(route, statement):
-                self.sites[statement] = call_site(3)
+                self.sites[statement] = call_site(3) if locate else None
         else:
             counts[0] += 1
             counts[1] += ns
@@ -82,8 +90,19 @@ class Tally:
                 counts[3] += 1
         if failed:
             self.failed += 1
-        if ns >= self.sink.slow_ns:
-            self.slow.append((statement, ns, call_site(3), time.time()))
+        if ns >= self.slow_ns:
+            self.slow.append((statement, ns, call_site(3) if locate else None, time.time()))
+
+    def extend(self, statement: str, ns: int, whole_ns: int) -> None:
+        """Rows fetched after ``execute``: more time for the statement, not a query."""
+        self.ns += ns
+        counts = self.statements.get(statement)
+        if counts is not None:
+            counts[1] += ns
+            if whole_ns > counts[2]:
+                counts[2] = whole_ns
+        if whole_ns >= self.slow_ns > whole_ns - ns:
+            self.slow.append((statement, whole_ns, call_site(3), time.time()))
 
 
 CURRENT: ContextVar[Tally | None] = ContextVar("asgi_perf_db_tally", default=None)
@@ -99,11 +118,15 @@ class _Default:
 DEFAULT = _Default()
 
 
-def record_ns(sql: str, ns: int, failed: bool = False) -> None:
-    """One query of ``ns`` nanoseconds: every capture path ends here."""
+def record_ns(sql: str, ns: int, failed: bool = False, locate: bool = True) -> None:
+    """One query of ``ns`` nanoseconds: every capture path ends here.
+
+    ``locate=False``: the caller's stack is not the code that ran the query
+    (asyncpg's logger runs later, from the event loop): no call site.
+    """
     tally = _current()
     if tally is not None and not tally.done:
-        tally.add(normalise(sql), ns, failed)
+        tally.add(normalise(sql), ns, failed, locate)
         return
     sink = tally.sink if tally is not None else DEFAULT.sink
     if sink is None:
@@ -111,8 +134,22 @@ def record_ns(sql: str, ns: int, failed: bool = False) -> None:
     # A query after its request was counted (a task it left behind) keeps
     # its route; one with no request at all has none.
     route = NO_REQUEST if tally is None else (tally.route or sink.route_of(tally))
-    site = call_site(2) if ns >= sink.slow_ns else None
+    site = call_site(2) if locate and ns >= sink.slow_ns else None
     sink.outside(route, normalise(sql), ns, failed, site)
+
+
+def record_fetch_ns(sql: str, ns: int, whole_ns: int) -> None:
+    """Rows of ``sql`` fetched in ``ns``, ``whole_ns`` since its execute began."""
+    tally = _current()
+    if tally is not None and not tally.done:
+        tally.extend(normalise(sql), ns, whole_ns)
+        return
+    sink = tally.sink if tally is not None else DEFAULT.sink
+    if sink is None:
+        return
+    route = NO_REQUEST if tally is None else (tally.route or sink.route_of(tally))
+    slow = whole_ns >= sink.slow_ns > whole_ns - ns
+    sink.outside(route, normalise(sql), ns, False, call_site(2) if slow else None, 0, whole_ns)
 
 
 def record(statement: str, seconds: float, *, failed: bool = False) -> None:
