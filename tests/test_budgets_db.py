@@ -2,18 +2,25 @@
 
 The snapshots here are shaped like ``/_perf/stats`` with ``db=True`` (see
 ``routes[].db`` in the README); a route without ``db`` is an app running
-with DB capture off, which no number can judge.
+with DB capture off, which no number can judge. The last tests serve
+``db_shop`` (sqlite3 through ``asgi_perf.db.instrument``) with uvicorn and
+read ``/_perf/budgets`` and ``asgi-perf check``.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import db_shop
+import httpx
 import pytest
 
 from asgi_perf.budgets import DB_OFF_NOTE, BudgetSet, Verdict, load_budgets
+from asgi_perf.budgets.check import MERGED_NOTE
 from asgi_perf.cli.check import write_junit
 from asgi_perf.errors import ConfigError
 from asgi_perf.integrations._summary import broken, summary
@@ -146,6 +153,14 @@ def test_untested_route_has_a_note_only_when_db_is_off() -> None:
     assert (off["verdict"], off["note"]) == ("insufficient", DB_OFF_NOTE)
 
 
+def test_merged_stats_of_several_instances_say_so() -> None:
+    # `asgi-perf check URL URL --budgets`: the instances' DB numbers are not added up.
+    snap = {"routes": [entry(queries_max=None)], "instances": ["http://a:1", "http://b:1"]}
+    v = only(load_budgets({ORDERS: {"max_queries": 5}}).check(snap)["verdicts"])
+    assert (v["verdict"], v["note"]) == ("insufficient", MERGED_NOTE)
+    assert "check each URL on its own" in MERGED_NOTE
+
+
 def test_route_verdict_and_report_ok() -> None:
     budgets = load_budgets({"GET /api/*": {"max_queries": 5}})
     assert budgets.route_verdict(entry()) == "fail"
@@ -205,3 +220,90 @@ def test_locust_summary_shows_the_db_budget_and_the_note() -> None:
     assert row.split() == [*ORDERS.split(), "max_queries", "5", "61", "FAIL"]
     assert f"note: {DB_OFF_NOTE}" in lines
     assert broken(report) == [f"{ORDERS} max_queries 61 > 5"]
+
+
+# --- a real app: /_perf/budgets, /_perf/stats and asgi-perf check ----------------
+
+
+@pytest.fixture
+def shop_url(live_server: Any) -> Iterator[Callable[..., str]]:
+    conns: list[sqlite3.Connection] = []
+
+    def start(**perf: Any) -> str:
+        conns.append(db_shop.connect())
+        url: str = live_server(db_shop.make_app(conns[-1], **perf)).url
+        with httpx.Client(base_url=url, trust_env=False, timeout=30) as client:
+            for path in ("/orders", "/orders", "/orders/joined", "/orders/joined"):
+                client.get(path).raise_for_status()
+        return url
+
+    yield start
+    for conn in conns:
+        conn.close()
+
+
+LIVE_BUDGETS = {
+    "min_samples": 2,
+    "GET /orders": {"max_queries": 5},
+    "GET /orders/joined": {"max_queries": 5, "p99_db_ms": "1 s"},
+}
+
+
+@pytest.mark.slow
+def test_budgets_of_a_real_app(shop_url: Callable[..., str]) -> None:
+    url = shop_url(db=True, budgets=LIVE_BUDGETS)
+    report = httpx.get(f"{url}/_perf/budgets", trust_env=False, timeout=30).json()
+    found = {(v["route"], v["metric"]): v for v in report["verdicts"]}
+    assert report["ok"] is False
+    orders = found[("GET /orders", "max_queries")]
+    assert (orders["verdict"], orders["measured"]) == ("fail", db_shop.ORDERS + 1)
+    joined = found[("GET /orders/joined", "max_queries")]
+    assert (joined["verdict"], joined["measured"], joined["samples"]) == ("pass", 1, 2)
+    assert found[("GET /orders/joined", "p99_db_ms")]["verdict"] == "pass"
+    assert not any("note" in v for v in report["verdicts"])
+    stats = httpx.get(f"{url}/_perf/stats", trust_env=False, timeout=30).json()
+    assert {r["route"]: r["budget"] for r in stats["routes"]} == {
+        "GET /orders": "fail",
+        "GET /orders/joined": "pass",
+    }
+
+
+@pytest.mark.slow
+def test_budgets_of_a_real_app_with_db_off(shop_url: Callable[..., str], cli: Any) -> None:
+    url = shop_url(budgets=LIVE_BUDGETS)
+    report = httpx.get(f"{url}/_perf/budgets", trust_env=False, timeout=30).json()
+    assert report["ok"] is True
+    assert {(v["route"], v["metric"], v["verdict"], v.get("note")) for v in report["verdicts"]} == {
+        ("GET /orders", "max_queries", "insufficient", DB_OFF_NOTE),
+        ("GET /orders/joined", "max_queries", "insufficient", DB_OFF_NOTE),
+        ("GET /orders/joined", "p99_db_ms", "insufficient", DB_OFF_NOTE),
+    }
+    code, out, err = cli("check", url)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    # The note once, under the table, whatever the number of verdicts it explains.
+    assert [line for line in lines if line.startswith("note:")] == [f"note: {DB_OFF_NOTE}"]
+    assert lines[-1] == "budgets ok: 3 insufficient"
+
+
+@pytest.mark.slow
+def test_check_prints_the_db_verdicts(shop_url: Callable[..., str], cli: Any) -> None:
+    url = shop_url(db=True, budgets=LIVE_BUDGETS)
+    code, out, _ = cli("check", url)
+    assert code == 1
+    row = next(line for line in out.splitlines() if "GET /orders " in line)
+    cells = [c.strip() for c in row.strip("│").split("│")]
+    # Query counts have no unit; margin = limit - measured.
+    assert cells == ["GET /orders", "max_queries", "5", "13", "-8", "2", "fail"]
+
+
+@pytest.mark.slow
+def test_check_of_several_instances_says_db_is_not_merged(
+    shop_url: Callable[..., str], cli: Any, tmp_path: Path
+) -> None:
+    urls = [shop_url(db=True), shop_url(db=True)]
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text('min_samples = 1\n["GET /orders"]\nmax_queries = 5\n', encoding="utf-8")
+    code, out, _ = cli("check", *urls, "--budgets", str(budgets))
+    assert code == 0
+    assert f"note: {MERGED_NOTE}" in out.splitlines()

@@ -41,6 +41,8 @@ _LATENCY_KEY = {"p50_ms": "p50", "p90_ms": "p90", "p95_ms": "p95", "p99_ms": "p9
 _DB_KEY = {"max_queries": ("queries", "max"), "p99_db_ms": ("time_ms", "p99")}
 _MAX_CACHED_KEYS = 4096
 DB_OFF_NOTE = "no DB numbers: start the app with db=True (or ASGI_PERF_DB=1)"
+# `asgi-perf stats/check URL URL...` add instances up; their DB numbers are not added.
+MERGED_NOTE = "no DB numbers in the merged stats of several instances: check each URL on its own"
 
 # What a verdict says: "insufficient" when too few samples (or none) were measured.
 Outcome = Literal["pass", "fail", "insufficient"]
@@ -110,7 +112,9 @@ class BudgetSet:
         still yields "insufficient" verdicts, so untested budgets stay visible.
         """
         routes = [e for e in snapshot.get("routes") or () if isinstance(e, Mapping)]
-        verdicts = [v for entry in routes for v in self._entry_verdicts(entry)]
+        merged = isinstance(snapshot.get("instances"), list) and not snapshot.get("db")
+        note = MERGED_NOTE if merged else DB_OFF_NOTE
+        verdicts = [v for entry in routes for v in self._entry_verdicts(entry, note)]
         seen = {entry.get("route") for entry in routes}
         for budget in self.budgets:
             exact, has_method, _ = budget._rank
@@ -118,7 +122,7 @@ class BudgetSet:
                 # Never requested: no DB numbers is a fault only if the app has none.
                 unseen = {} if snapshot.get("db") else {"route": budget.pattern}
                 verdicts.extend(
-                    self._verdict(budget.pattern, budget, metric, unseen)
+                    self._verdict(budget.pattern, budget, metric, unseen, note)
                     for metric in METRICS
                     if metric in budget.limits
                 )
@@ -141,12 +145,14 @@ class BudgetSet:
         worst: Outcome = max((v["verdict"] for v in verdicts), key=_SEVERITY.__getitem__)
         return worst
 
-    def _entry_verdicts(self, entry: Mapping[str, Any]) -> list[Verdict]:
+    def _entry_verdicts(self, entry: Mapping[str, Any], note: str = DB_OFF_NOTE) -> list[Verdict]:
         route = entry.get("route")
         if not isinstance(route, str):
             return []
         applied = self._applied_to(route)
-        return [self._verdict(route, budget, metric, entry) for metric, budget in applied.items()]
+        return [
+            self._verdict(route, budget, metric, entry, note) for metric, budget in applied.items()
+        ]
 
     def latency_limit_ms(self, route: str) -> float | None:
         """The limit one request of ``route`` breaks: ``max_ms``, else ``p99_ms``."""
@@ -173,7 +179,7 @@ class BudgetSet:
         return applied
 
     def _verdict(
-        self, route: str, budget: Budget, metric: str, entry: Mapping[str, Any]
+        self, route: str, budget: Budget, metric: str, entry: Mapping[str, Any], note: str
     ) -> Verdict:
         measured, samples = _measure(entry, metric)
         needed = self.min_samples if budget.min_samples is None else budget.min_samples
@@ -181,7 +187,7 @@ class BudgetSet:
             route, budget.pattern, metric, budget.limits[metric], measured, samples, needed
         )
         if metric in DB_METRICS and "route" in entry and not isinstance(entry.get("db"), Mapping):
-            verdict["note"] = DB_OFF_NOTE
+            verdict["note"] = note  # the route ran, but no DB numbers came with it
         return verdict
 
     def process_verdicts(self, snapshot: Mapping[str, Any]) -> list[Verdict]:
