@@ -51,7 +51,8 @@ N_PLUS_ONE_LINES = {
     for marker in ("# asyncpg-n+1", "# psycopg-n+1")
 }
 # asyncpg's pool resets a connection as it goes back (``SELECT
-# pg_advisory_unlock_all(); CLOSE ALL; ...``), inside the request that used it.
+# pg_advisory_unlock_all(); CLOSE ALL; ...``), inside the request that used
+# it: the driver's query, not the app's, so it is not counted.
 POOL_RESET = "pg_advisory_unlock_all"
 
 
@@ -195,12 +196,11 @@ def db_of(stats: dict[str, Any], route: str) -> dict[str, Any]:
     return found
 
 
-def pool_resets(route: dict[str, Any]) -> int:
-    """How many of the route's queries are the pool's reset (0 when not counted)."""
-    resets = sum(s["count"] for s in route["statements"] if POOL_RESET in s["statement"])
-    # Counted or not, the reset is the request's own: one per request, or none.
-    assert resets in (0, route["requests"]), route
-    return resets // route["requests"]
+def app_statements(route: dict[str, Any]) -> list[dict[str, Any]]:
+    """The route's statements; asyncpg's pool reset is the driver's, never among them."""
+    statements: list[dict[str, Any]] = route["statements"]
+    assert [s for s in statements if POOL_RESET in s["statement"]] == [], route
+    return statements
 
 
 async def test_exact_query_counts_per_route_under_concurrency(
@@ -218,19 +218,14 @@ async def test_exact_query_counts_per_route_under_concurrency(
 
     routes = {r["route"]: r for r in report["routes"]}
     assert set(routes) == {"GET /one", "GET /three"}
-    for name, own in (("GET /one", 1), ("GET /three", 3)):
+    for name, per_request in (("GET /one", 1), ("GET /three", 3)):
         route = routes[name]
-        per_request = own + pool_resets(route)
         assert (route["requests"], route["queries"]) == (25, 25 * per_request)
-        counts = [s["count"] for s in route["statements"] if POOL_RESET not in s["statement"]]
-        assert sorted(counts) == [25] * own
+        assert sorted(s["count"] for s in app_statements(route)) == [25] * per_request
         # Exact per request: no query of one route counted for the other.
         queries = db_of(stats, name)["queries"]
-        assert (queries["total"], queries["max"], queries["p50"]) == (
-            25 * per_request,
-            per_request,
-            per_request,
-        )
+        summary = (queries["total"], queries["max"], queries["p50"])
+        assert summary == (25 * per_request, per_request, per_request)
         assert db_of(stats, name)["n_plus_one"] == 0
     assert stats["db"]["queries"] == sum(r["queries"] for r in routes.values())
     assert report["n_plus_one"] == []
@@ -249,7 +244,8 @@ async def test_an_n_plus_one_is_found_with_its_line(
 
     loop = next(r for r in report["routes"] if r["route"] == "GET /loop")
     assert db_of(stats, "GET /loop")["n_plus_one"] == 3
-    assert db_of(stats, "GET /loop")["queries"]["total"] == 3 * (LOOPS + pool_resets(loop))
+    assert [s["count"] for s in app_statements(loop)] == [3 * LOOPS]
+    assert db_of(stats, "GET /loop")["queries"]["total"] == 3 * LOOPS
     [found] = report["n_plus_one"]
     assert (found["route"], found["per_request"], found["requests"]) == ("GET /loop", LOOPS, 3)
     assert "FROM widgets WHERE id = " in found["statement"]
@@ -280,8 +276,8 @@ async def test_a_driver_error_reaches_the_app_unchanged_and_is_counted(
     assert failures == [{"error": expected, "sqlstate": "42P01"}] * 2
     routes = {r["route"]: r for r in report["routes"]}
     fail = routes["GET /fail"]
-    assert (fail["queries"], fail["failed"]) == (2 * (1 + pool_resets(fail)), 2)
-    [statement] = [s for s in fail["statements"] if POOL_RESET not in s["statement"]]
+    assert (fail["queries"], fail["failed"]) == (2, 2)
+    [statement] = app_statements(fail)
     assert "no_such_table" in statement["statement"]
     assert (statement["count"], statement["failed"]) == (2, 2)
     assert routes["GET /one"]["failed"] == 0
