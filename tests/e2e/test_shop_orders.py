@@ -197,11 +197,9 @@ async def test_the_max_queries_budget(
             await history(http, auth)
         budgets = (await http.get("/_perf/budgets")).json()
 
-    verdicts = [v for v in budgets["verdicts"] if v["route"] == ROUTE]
-    by_metric = {v["metric"]: v for v in verdicts}
-    if "max_queries" not in by_metric:
-        pytest.skip("this asgi_perf has no max_queries budget metric yet (issue #14, db-surfaces)")
-    budget = by_metric["max_queries"]
+    [budget] = [
+        v for v in budgets["verdicts"] if v["route"] == ROUTE and v["metric"] == "max_queries"
+    ]
     assert budget["limit"] == 5
     assert budget["verdict"] == verdict, budget
     assert budget["measured"] == (2 if fixed == "1" else 2 + orders_in_db(small_db, 465))
