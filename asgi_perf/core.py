@@ -26,7 +26,7 @@ from asgi_perf.capture import Capture, FrameId
 from asgi_perf.config import PerfConfig
 from asgi_perf.continuous import Ring
 from asgi_perf.db import sqlalchemy_events
-from asgi_perf.db.report import merge_states, route_summary, total_queries
+from asgi_perf.db.report import merge_states, route_state, route_summary, total_queries
 from asgi_perf.db.store import DBStats
 from asgi_perf.engines import WINDOW_ONLY, Engine, check_engine_name
 from asgi_perf.engines.sampler_impl import Sampler, SamplerEngine
@@ -370,7 +370,7 @@ class PerfCore:
         workers = self.workers
         if workers is None:
             return []
-        found = [(body.get("snapshot") or {}).get("db") for body in workers.others()]
+        found = [(body.get("snapshot") or {}).get("db_state") for body in workers.others()]
         return [state for state in found if isinstance(state, dict)]
 
     def _shared_profiles(self) -> list[Any]:
@@ -382,7 +382,7 @@ class PerfCore:
         state = self.recorder.state(self.in_flight())
         state["process"] = self.memory.summary()
         if self.db is not None:
-            state["db"] = self.db.state()
+            state["db_state"] = self.db.state()
         return state
 
     async def fresh(self, timeout_s: float = 0.5) -> None:
@@ -463,7 +463,11 @@ class PerfCore:
         if self.db is not None:
             merged = merge_states(self.db.states())
             for route in snap["routes"]:
-                route["db"] = route_summary(merged.routes.get(route["route"]))
+                found = merged.routes.get(route["route"])
+                route["db"] = route_summary(found)
+                if histograms:
+                    # What a merge of several hosts needs to add them exactly.
+                    route["histograms"]["db"] = route_state(found)
             snap["db"] = {
                 "enabled": True,
                 "queries": total_queries(merged),

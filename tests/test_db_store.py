@@ -110,3 +110,29 @@ def test_reset_clears_everything() -> None:
     _request(stats, "GET /x", [("SELECT 1", 5000)] * 3, 1)
     stats.reset()
     assert stats.state() == {"routes": {}, "n_plus_one": [], "sites": [], "slow": []}
+
+
+def test_snapshots_of_several_hosts_merge_their_database_numbers() -> None:
+    from starlette.applications import Starlette
+
+    from asgi_perf import PerfMiddleware
+    from asgi_perf.stats.merge import merge_snapshots
+
+    hosts = []
+    for n in (2, 12):
+        app = PerfMiddleware(Starlette(), db=True, memory_interval_s=0, loop_monitor=False)
+        core = app.core
+        assert core.db is not None
+        for _ in range(3):
+            core.recorder.record("GET /x", 1000, 2000, 200, 10, None, 0, 5000)
+            _request(core.db, "GET /x", [("SELECT * FROM t WHERE id = 1", 3000)] * n, 2000)
+        hosts.append(core.snapshot(histograms=True))
+    merged = merge_snapshots(hosts, histograms=True)
+    (route,) = merged["routes"]
+    assert route["db"]["queries"] == {"total": 42, "mean": 7.0, "p50": 2.0, "p99": 12.0, "max": 12}
+    assert route["db"]["n_plus_one"] == 3
+    assert merged["db"] == {"enabled": True, "queries": 42, "n_plus_one_threshold": 10}
+    assert merge_snapshots([merged, merged])["routes"][0]["db"]["queries"]["total"] == 84
+    without = dict(hosts[0])
+    del without["db"]
+    assert "db" not in merge_snapshots([without, hosts[1]])

@@ -129,6 +129,26 @@ class InstrumentedCursor(_Proxy):
         self._fetched(_ns() - t0)
         return rows
 
+    # The members used with every query, spelled out: reaching them through
+    # __getattr__ (after a failed lookup) costs ~0.5 µs a time.
+    def fetchone(self) -> Any:
+        return self._real.fetchone()
+
+    def close(self) -> Any:
+        return self._real.close()
+
+    @property
+    def description(self) -> Any:
+        return self._real.description
+
+    @property
+    def rowcount(self) -> Any:
+        return self._real.rowcount
+
+    @property
+    def lastrowid(self) -> Any:
+        return self._real.lastrowid
+
     def _fetched(self, ns: int) -> None:
         # sqlite3 finds rows as they are fetched: a scan that execute began
         # goes on here. Added to the statement's time, not counted as a query.
@@ -180,6 +200,15 @@ class InstrumentedConnection(_Proxy):
 
     def executescript(self, sql: Any, *args: Any, **kw: Any) -> Any:
         return self._cursor(sql, _timed(self._real.executescript, sql, args, kw))
+
+    def commit(self) -> Any:
+        return self._real.commit()
+
+    def rollback(self) -> Any:
+        return self._real.rollback()
+
+    def close(self) -> Any:
+        return self._real.close()
 
     def __enter__(self) -> Any:
         entered = self._real.__enter__()

@@ -60,17 +60,7 @@ def merge_states(states: Iterable[Mapping[str, Any]]) -> Merged:
             acc = out.routes.get(key)
             if acc is None:
                 acc = out.routes[key] = MergedRoute()
-            for name in _COUNTERS:
-                acc.counters[name] += int(route.get(name, 0))
-            for name in _HISTOGRAMS:
-                if route.get(name):
-                    acc.histograms[name].merge(Histogram.from_dict(route[name]))
-            for text, counts in (route.get("statements") or {}).items():
-                mine = acc.statements.setdefault(text, [0, 0, 0, 0])
-                mine[0] += counts[0]
-                mine[1] += counts[1]
-                mine[2] = max(mine[2], counts[2])
-                mine[3] += counts[3]
+            add_route_state(acc, route)
         for route_key, text, most, requests in state.get("n_plus_one") or ():
             found = out.n_plus_one.setdefault((route_key, text), [0, 0])
             found[0] = max(found[0], most)
@@ -80,6 +70,30 @@ def merge_states(states: Iterable[Mapping[str, Any]]) -> Merged:
         out.slow.extend(state.get("slow") or ())
     out.slow.sort(key=lambda row: row[4], reverse=True)
     return out
+
+
+def route_state(route: MergedRoute | None) -> dict[str, Any]:
+    """A route's numbers as plain data (``histograms=1`` snapshots): hosts merge it exactly."""
+    route = route or MergedRoute()
+    return {
+        **route.counters,
+        **{name: h.to_dict() for name, h in route.histograms.items()},
+    }
+
+
+def add_route_state(acc: MergedRoute, state: Mapping[str, Any]) -> None:
+    """Add one ``route_state`` (or one worker's route) into ``acc``."""
+    for name in _COUNTERS:
+        acc.counters[name] += int(state.get(name, 0))
+    for name in _HISTOGRAMS:
+        if state.get(name):
+            acc.histograms[name].merge(Histogram.from_dict(state[name]))
+    for text, counts in (state.get("statements") or {}).items():
+        mine = acc.statements.setdefault(text, [0, 0, 0, 0])
+        mine[0] += counts[0]
+        mine[1] += counts[1]
+        mine[2] = max(mine[2], counts[2])
+        mine[3] += counts[3]
 
 
 def _ms(ns: float) -> float:

@@ -158,12 +158,13 @@ class DBStats:
             rdb.failed += tally.failed
             rdb.per_query.record_many(tally.times)
             sites = self.sites
+            found_sites = tally.sites or {}
             n_plus_one = False
             for statement, (count, total, most, failed) in tally.statements.items():
                 counts = rdb.statement(statement)
                 _add(counts, count, total, most, failed)
-                if statement in tally.sites and (route, statement) not in sites:
-                    sites[(route, statement)] = tally.sites[statement]
+                if statement in found_sites and (route, statement) not in sites:
+                    sites[(route, statement)] = found_sites[statement]
                 if count >= self.threshold:
                     n_plus_one = True
                     found = self.n_plus_one.get((route, statement))
@@ -173,7 +174,7 @@ class DBStats:
                     found[1] += 1
             if n_plus_one:
                 rdb.n_plus_one += 1
-            for statement, ns, site, at in tally.slow:
+            for statement, ns, site, at in tally.slow or ():
                 self.slow.append((route, statement, ns, site, at))
 
     def _route(self, route: str) -> RouteDB:

@@ -61,8 +61,9 @@ class Tally:
         # Per-query durations, folded into the route's histogram in one C call.
         self.times: list[int] = []
         # (statement, ns, call site, wall time) of the slow ones.
-        self.slow: list[tuple[str, int, str | None, float]] = []
-        self.sites: dict[str, str | None] = {}
+        # Made when first needed: most requests have neither.
+        self.slow: list[tuple[str, int, str | None, float]] | None = None
+        self.sites: dict[str, str | None] | None = None
         # The route, found at the first query that needs it (a call site).
         self.route: str | None = None
         self.done = False
@@ -80,6 +81,8 @@ class Tally:
             if route is None:
                 route = self.route = self.sink.route_of(self)
             if not self.sink.known_site(route, statement):
+                if self.sites is None:
+                    self.sites = {}
                 self.sites[statement] = call_site(3) if locate else None
         else:
             counts[0] += 1
@@ -91,7 +94,7 @@ class Tally:
         if failed:
             self.failed += 1
         if ns >= self.slow_ns:
-            self.slow.append((statement, ns, call_site(3) if locate else None, time.time()))
+            self._slow(statement, ns, call_site(4) if locate else None)
 
     def extend(self, statement: str, ns: int, whole_ns: int) -> None:
         """Rows fetched after ``execute``: more time for the statement, not a query."""
@@ -102,7 +105,12 @@ class Tally:
             if whole_ns > counts[2]:
                 counts[2] = whole_ns
         if whole_ns >= self.slow_ns > whole_ns - ns:
-            self.slow.append((statement, whole_ns, call_site(3), time.time()))
+            self._slow(statement, whole_ns, call_site(4))
+
+    def _slow(self, statement: str, ns: int, site: str | None) -> None:
+        if self.slow is None:
+            self.slow = []
+        self.slow.append((statement, ns, site, time.time()))
 
 
 CURRENT: ContextVar[Tally | None] = ContextVar("asgi_perf_db_tally", default=None)
@@ -159,6 +167,3 @@ def record(statement: str, seconds: float, *, failed: bool = False) -> None:
     anything is kept); ``seconds`` how long it took.
     """
     record_ns(statement, int(seconds * 1e9), failed)
-
-
-perf_counter_ns = time.perf_counter_ns

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from asgi_perf.db.report import MergedRoute, add_route_state, route_state, route_summary
 from asgi_perf.stats.entry import STATUS_CLASSES, route_entry
 from asgi_perf.stats.histogram import Histogram
 from asgi_perf.stats.store import SCHEMA
@@ -55,7 +56,21 @@ def merge_snapshots(
         )
         for key, acc in sorted(routes.items())
     ]
-    return {
+    # Database numbers (issue #14), when every part has them: added exactly.
+    with_db = [p["db"] for p in parts if isinstance(p.get("db"), Mapping)]
+    db: dict[str, Any] | None = None
+    if with_db and len(with_db) == len(parts):
+        db = {
+            "enabled": True,
+            "queries": sum(int(d.get("queries", 0)) for d in with_db),
+            "n_plus_one_threshold": with_db[0].get("n_plus_one_threshold"),
+        }
+        for entry in merged_routes:
+            found = routes[entry["route"]]["db"]
+            entry["db"] = route_summary(found)
+            if histograms:
+                entry["histograms"]["db"] = route_state(found)
+    out: dict[str, Any] = {
         "schema": SCHEMA,
         "uptime_s": max(float(p.get("uptime_s", 0.0)) for p in parts),
         "since_reset_s": max(float(p.get("since_reset_s", 0.0)) for p in parts),
@@ -67,6 +82,9 @@ def merge_snapshots(
         "routes_dropped": sum(int(p.get("routes_dropped", 0)) for p in parts),
         "routes": merged_routes,
     }
+    if db is not None:
+        out["db"] = db
+    return out
 
 
 def _add_route(routes: dict[str, dict[str, Any]], route: Mapping[str, Any], part: int) -> None:
@@ -82,6 +100,7 @@ def _add_route(routes: dict[str, dict[str, Any]], route: Mapping[str, Any], part
             "histograms": {name: Histogram() for name in _HISTOGRAMS},
             "rps": 0.0,
             "in_flight": 0,
+            "db": MergedRoute(),
         }
     counters = acc["counters"]
     for name in _COUNTERS:
@@ -92,6 +111,8 @@ def _add_route(routes: dict[str, dict[str, Any]], route: Mapping[str, Any], part
         data = found.get(name)
         if data is not None:
             acc["histograms"][name].merge(Histogram.from_dict(data))
+    if isinstance(found.get("db"), Mapping):
+        add_route_state(acc["db"], found["db"])
     acc["rps"] += float((route.get("recent") or {}).get("rps", 0.0))
     acc["in_flight"] += int(route.get("in_flight", 0))
 
