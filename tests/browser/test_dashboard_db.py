@@ -129,6 +129,13 @@ def test_the_db_panel_shows_routes_n_plus_one_and_slow_statements(open_dashboard
     page.wait_for_selector(f"{ORDERS_CHIP}.verdict-fail", timeout=WAIT_MS)
     assert page.inner_text(ORDERS_CHIP) == "fail queries ≤ 5"
 
+    # A click on the route: its detail says how it uses the database.
+    page.click("#routes-table tr[data-route='GET /orders']")
+    page.wait_for_selector("#route:not([hidden])", timeout=WAIT_MS)
+    detail = page.inner_text("#route .summary")
+    assert f"; DB {per_request}.0 queries/request (max {per_request}), p99 " in detail
+    assert detail.endswith("; N+1 in 2 requests")
+
     # New queries come in: the panel reads /db again and shows them.
     traffic(url, "/orders/joined", "/orders/joined")
     page.wait_for_function(

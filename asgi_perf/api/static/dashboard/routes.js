@@ -129,6 +129,16 @@ function bare(verdict) {
   return el("span", { class: `verdict verdict-${verdict}`, "data-verdict": verdict }, el("b", { text: verdict }));
 }
 
+/** routes[].db (with db=True) in words: queries and DB time per request, N+1s. */
+function dbText(db) {
+  if (!db || !db.queries || !db.time_ms) return "";
+  const q = db.queries;
+  const share = isNum(db.share) ? `, ${(db.share * 100).toFixed(1)} % of the time` : "";
+  const n1 = db.n_plus_one ? `; N+1 in ${count(db.n_plus_one)} requests` : "";
+  return `; DB ${isNum(q.mean) ? q.mean.toFixed(1) : "—"} queries/request (max ${q.max ?? "—"}), ` +
+    `p99 ${ms(db.time_ms.p99)} in the database${share}${n1}`;
+}
+
 /** The selected route: numbers, budgets, histories, histogram, slowest profiles. */
 export class RouteDetail {
   constructor(section, onClose) {
@@ -182,7 +192,8 @@ export class RouteDetail {
       `${count(r.count)} requests (${classes || "none"}), ${r.in_flight ?? 0} in flight; ` +
         `p50 ${ms(lat.p50)}, p99 ${ms(lat.p99)}, max ${ms(lat.max)}, mean ${ms(lat.mean)}; ` +
         `first byte p99 ${ms(ttfb.p99)}` +
-        (r.loop_blocks ? `; blocked the event loop ${r.loop_blocks}×` : ""),
+        (r.loop_blocks ? `; blocked the event loop ${r.loop_blocks}×` : "") +
+        dbText(r.db),
     );
     syncKeyed(this.budgets, verdicts || [], chipKey, verdictChip);
   }
