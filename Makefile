@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 # System programs that some tests read their output with (Go's pprof for the
 # .pb.gz format, a Prometheus server scraping /_perf/metrics, Chromium showing
-# the dashboard to Playwright): installed with apt when this runs as root on
+# the dashboard to Playwright, PostgreSQL for the database tests' private
+# cluster, tests/postgres.py): installed with apt when this runs as root on
 # Debian or Ubuntu; elsewhere those tests skip and name the package to install.
-SYSDEPS := golang-go prometheus chromium
+SYSDEPS := golang-go prometheus chromium postgresql
 SYSSTAMP := $(VENV)/.sysdeps
 
 $(SYSSTAMP): Makefile | $(BIN)/python

@@ -9,12 +9,15 @@
    endpoints run in threads), and saves the profile and the stats under
    ``perf-results/<run-id>/``; it makes Locust exit 1 when a budget breaks.
 3. Prints the per-route table the app measured and a summary of the budget
-   verdicts (the plugin's report has printed the table of them already), the
-   files the plugin saved, and where the profile says the time went.
+   verdicts (the plugin's report has printed the table of them already), what
+   the database did per route and the N+1 with the line that runs it (from
+   ``/_perf/db``: the shop runs with ``db=True``), the files the plugin
+   saved, and where the profile says the time went.
 
-``GET /products/search`` breaks its budget on purpose (an unindexed
-``LIKE '%q%'``), so Locust exits 1; the demo itself exits 0 when everything
-ran. The server is always stopped before the script ends.
+Two budgets break on purpose: ``GET /products/search`` (an unindexed
+``LIKE '%q%'``) and ``GET /api/orders`` (an N+1 over its ``max_queries``), so
+Locust exits 1; the demo itself exits 0 when everything ran. The server is
+always stopped before the script ends.
 """
 
 from __future__ import annotations
@@ -43,7 +46,13 @@ SHUTDOWN_TIMEOUT_S = 5.0
 # On top of the shape: Locust's start-up, and the plugin stopping the window
 # and downloading the profile and the stats at the end.
 LOCUST_SLACK_S = 60.0
-EXPECTED_FAILURE = "GET /products/search"
+# Routes (and N+1s, slow statements) asked of /_perf/db: every shop route.
+DB_ROWS = 20
+# The budgets the shop breaks on purpose, and why.
+EXPECTED_FAILURES = {
+    "GET /products/search": "an unindexed LIKE '%q%' reads all 50 000 products on every search",
+    "GET /api/orders": "an N+1 runs one query per past order (see the database section)",
+}
 
 
 def load_scale() -> float:
@@ -158,11 +167,23 @@ def newest_run_dir(since: float) -> Path | None:
     return max(runs, key=lambda p: p.stat().st_mtime, default=None)
 
 
-def fetch_results(base_url: str, perf: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The app's stats snapshot and budget verdicts; exits 1 if it cannot get them."""
+def fetch_results(
+    base_url: str, perf: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """The app's stats, budget verdicts and DB report; exits 1 if it cannot get them.
+
+    The DB report is None when the app runs without DB capture (a 409).
+    """
     try:
         with PerfClient(base_url, prefix=perf, timeout=10.0) as client:
-            return client.stats(), client.budgets()
+            stats, budgets = client.stats(), client.budgets()
+            try:
+                db = client.db(limit=DB_ROWS)
+            except PerfClientError as exc:
+                if exc.status != 409:
+                    raise
+                db = None
+            return stats, budgets, db
     except PerfClientError as exc:
         sys.exit(f"demo: {exc}")
 
@@ -197,6 +218,8 @@ def _with_unit(metric: str, value: float | None) -> str:
         return f"{value:.1%}"
     if metric == "max_mb":
         return f"{value:.2f} MB"
+    if metric == "max_queries":
+        return f"{value:g} queries"
     return f"{value:.1f} ms"
 
 
@@ -221,18 +244,60 @@ def print_verdicts(budgets: dict[str, Any]) -> None:
     unjudged = sorted({v["route"] for v in verdicts if v["verdict"] == "insufficient"})
     if unjudged:
         print(f"  too few requests to judge: {', '.join(unjudged)}")
-    if EXPECTED_FAILURE in reasons:
-        print(
-            f"{EXPECTED_FAILURE} breaks its budget on purpose: an unindexed LIKE '%q%'"
-            " reads all 50 000 products on every search."
-        )
-    else:
-        print(f"expected {EXPECTED_FAILURE} to break its budget; too little load to tell?")
-    unexpected = sorted(set(reasons) - {EXPECTED_FAILURE})
+    for route, why in EXPECTED_FAILURES.items():
+        if route in reasons:
+            print(f"{route} breaks its budget on purpose: {why}.")
+        else:
+            print(f"expected {route} to break its budget; too little load to tell?")
+    unexpected = sorted(set(reasons) - set(EXPECTED_FAILURES))
     if unexpected:
         # The other routes' limits are above what queueing on a busy machine
         # adds (examples/shop/perf-budgets.toml): this one got slower by itself.
         print(f"also failing: {', '.join(unexpected)} (above what a busy machine adds: its code?)")
+
+
+def print_db(report: dict[str, Any] | None, limit: int = 10) -> None:
+    """Queries and DB time per route, the N+1s with their call sites, the slow statements."""
+    if report is None:
+        print("the app runs without DB capture (db=True or ASGI_PERF_DB=1 turns it on)")
+        return
+    # /_perf/db sorts the routes by DB time, the most first.
+    routes = report["routes"][:limit]
+    width = max([len("route"), *(len(r["route"]) for r in routes)])
+    header = (
+        f"{'route':<{width}} {'requests':>8} {'queries':>8} {'per req':>8}"
+        f" {'DB ms':>9} {'ms/req':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in routes:
+        requests = max(r["requests"], 1)
+        print(
+            f"{r['route']:<{width}} {r['requests']:>8} {r['queries']:>8}"
+            f" {r['queries'] / requests:>8.1f} {r['time_ms']:>9.1f} {r['time_ms'] / requests:>7.2f}"
+        )
+    threshold = report["n_plus_one_threshold"]
+    if not report["n_plus_one"]:
+        print(f"\nno N+1: no request ran one statement {threshold} times or more")
+    for found in report["n_plus_one"]:
+        print(
+            f"\nN+1: {found['route']} runs one statement {found['per_request']} times per"
+            f" request ({found['requests']} requests):\n  {found['statement']}"
+            f"\n  called at {found['call_site'] or '(call site not known)'}"
+        )
+        if found["route"] == "GET /api/orders":
+            print(
+                "  the fix: one JOIN for all the orders (SHOP_FIX_N_PLUS_ONE=1 serves it;"
+                " examples/README.md)"
+            )
+    slow = report["slow"][:3]
+    if slow:
+        print(f"\nthe newest statements slower than {report['slow_query_ms']:g} ms:")
+    for query in slow:
+        print(
+            f"  {query['duration_ms']:7.1f} ms  {query['route']}"
+            f" at {query['call_site'] or '(call site not known)'}"
+        )
 
 
 def print_saved(run_dir: Path | None) -> list[Path]:
@@ -301,7 +366,7 @@ def main() -> int:
         exit_code = run_locust(base_url, scale)
         load_s = time.monotonic() - load_began
         # Read before stopping: the numbers live in the server process.
-        stats, budgets = fetch_results(base_url, perf)
+        stats, budgets, db = fetch_results(base_url, perf)
     finally:
         stop(server)
 
@@ -309,6 +374,8 @@ def main() -> int:
     print_routes(stats)
     print("\n=== budget verdicts (each one is in the Locust plugin's report above) ===\n")
     print_verdicts(budgets)
+    print("\n=== the database, per route (from /_perf/db: the shop runs with db=True) ===\n")
+    print_db(db)
     print("\n=== profile and stats saved by the Locust plugin ===\n")
     files = print_saved(newest_run_dir(started_at))
     print_hot_spots(files)
@@ -324,7 +391,10 @@ def main() -> int:
         )
         return 0
     if exit_code == 0 and budgets["ok"]:
-        print("Locust exit code: 0: every budget held (the search was expected to break its).")
+        print(
+            "Locust exit code: 0: every budget held (the search and the orders were"
+            " expected to break theirs)."
+        )
         return 0
     print(f"Locust exit code: {exit_code}, which the budgets do not explain (see above).")
     return 1

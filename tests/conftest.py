@@ -33,8 +33,9 @@ from starlette.websockets import WebSocket
 from asgi_perf import PerfMiddleware
 from asgi_perf.cli import main
 
-# The pytest plugin of asgi_perf is tested by running pytest on small test files.
-pytest_plugins = ("pytester",)
+# The pytest plugin of asgi_perf is tested by running pytest on small test files;
+# tests/postgres.py gives the session a private PostgreSQL server (postgres_dsn).
+pytest_plugins = ("pytester", "postgres")
 
 # Only a guard against a server that never starts (a crash ends the wait at
 # once): the shop example seeds 50 000 rows at start-up, slowly under coverage.

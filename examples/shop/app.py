@@ -5,18 +5,30 @@ Run from the repository root::
     uvicorn examples.shop.app:app
 
 Routes: ``POST /login``, ``GET /products?page=&size=``, ``GET /products/search?q=``,
-``GET /products/{product_id}``, ``GET /cart``, ``POST /cart/items``,
-``POST /checkout``. Cart and checkout need ``Authorization: Bearer <token>``
-from ``/login``. The catalog is SQLite, seeded with 50 000 products on first
-start (``SHOP_DB`` sets the file, ``SHOP_PRODUCTS`` the count).
+``GET /products/categories``, ``GET /products/{product_id}``, ``GET /cart``,
+``POST /cart/items``, ``POST /checkout``, ``GET /api/orders?limit=``. Cart,
+checkout and orders need ``Authorization: Bearer <token>`` from ``/login``.
+The catalog is SQLite, seeded with 50 000 products and 10 to 14 past orders
+per account on first start (``SHOP_DB`` sets the file, ``SHOP_PRODUCTS`` the
+count).
 
 ``GET /products/search`` is slow on purpose: ``LIKE '%q%'`` reads every
 product on every call. ``perf-budgets.toml`` gives it a p99 budget it breaks,
 and a yappi profile window shows the time in ``search_products``.
+``GET /products/categories`` is the catalog's aggregation (a ``GROUP BY``
+over every product).
 
 The endpoints are plain ``def`` functions: sqlite3 blocks, and FastAPI runs
 ``def`` endpoints in its threadpool, as a real service built on a blocking
 driver would.
+
+``GET /api/orders`` is an N+1 on purpose: one query for the shopper's orders,
+then one per order for its lines (``orders_n_plus_one``). The database
+connection goes through ``asgi_perf.db.instrument`` and the middleware runs
+with ``db=True``, so ``/_perf/db`` lists it with the line that runs the
+per-order query, and its ``max_queries = 5`` budget breaks.
+``SHOP_FIX_N_PLUS_ONE=1`` serves the same JSON from a single JOIN
+(``orders_joined``).
 
 ``SHOP_LEAK=1`` switches on a memory leak on purpose, for the memory tools
 to find: ``GET /products/{product_id}`` keeps a "recently viewed" entry of
@@ -89,6 +101,18 @@ class ProductPage(BaseModel):
     items: list[ProductSummary]
 
 
+class CategoryStats(BaseModel):
+    category: str
+    products: int
+    min_price_cents: int
+    avg_price_cents: int
+    max_price_cents: int
+
+
+class Categories(BaseModel):
+    categories: list[CategoryStats]
+
+
 class SearchResult(BaseModel):
     q: str
     total: int
@@ -117,6 +141,14 @@ class Order(BaseModel):
     order_id: int
     items: list[CartLine]
     total_cents: int
+
+
+class PastOrder(Order):
+    created_at: float
+
+
+class OrderHistory(BaseModel):
+    orders: list[PastOrder]
 
 
 def get_db(request: Request) -> Database:
@@ -218,8 +250,8 @@ def search_products(conn: sqlite3.Connection, q: str, limit: int) -> tuple[int, 
     return (rows[0]["total"] if rows else 0), rows
 
 
-# Declared before /products/{product_id}, which would otherwise take "search"
-# as an id and answer 422.
+# Declared (like /products/categories) before /products/{product_id}, which
+# would otherwise take "search" as an id and answer 422.
 @router.get("/products/search")
 def search(
     db: DB,
@@ -234,6 +266,26 @@ def search(
         for r in rows
     ]
     return SearchResult(q=q, total=total, items=items)
+
+
+@router.get("/products/categories")
+def categories(db: DB) -> Categories:
+    """The aggregation: products and prices per category, over the whole catalog.
+
+    Every call reads all 50 000 entries of the covering index
+    ``products_by_category`` (about 10 ms); without it SQLite would read the
+    whole table and group it in a temporary b-tree (about 50 ms).
+    """
+    rows = (
+        db.connection()
+        .execute(
+            "SELECT category, COUNT(*) AS products, MIN(price_cents) AS min_price_cents,"
+            " CAST(ROUND(AVG(price_cents)) AS INTEGER) AS avg_price_cents,"
+            " MAX(price_cents) AS max_price_cents FROM products GROUP BY category ORDER BY category"
+        )
+        .fetchall()
+    )
+    return Categories(categories=[CategoryStats(**row) for row in rows])
 
 
 @router.get("/products/{product_id}")
@@ -310,6 +362,84 @@ def checkout(db: DB, user_id: User) -> Order:
     return Order(order_id=order_id, items=lines, total_cents=total)
 
 
+ORDERS_OF_USER = (
+    "SELECT id, created_at, total_cents FROM orders WHERE user_id = ?"
+    " ORDER BY created_at DESC, id DESC LIMIT ?"
+)
+LINES_OF_ORDER = (
+    "SELECT i.product_id, p.name, i.quantity, i.price_cents FROM order_items i"
+    " JOIN products p ON p.id = i.product_id WHERE i.order_id = ? ORDER BY i.product_id"
+)
+# The same orders and lines in one statement. LEFT JOIN: an order without
+# lines still comes back (with none), as it does from the loop.
+ORDERS_WITH_LINES = (
+    "SELECT o.id, o.created_at, o.total_cents, i.product_id, p.name, i.quantity, i.price_cents"
+    f" FROM ({ORDERS_OF_USER}) o"
+    " LEFT JOIN order_items i ON i.order_id = o.id LEFT JOIN products p ON p.id = i.product_id"
+    " ORDER BY o.created_at DESC, o.id DESC, i.product_id"
+)
+
+
+def _line(row: sqlite3.Row) -> CartLine:
+    return CartLine(
+        product_id=row["product_id"],
+        name=row["name"],
+        quantity=row["quantity"],
+        price_cents=row["price_cents"],
+        line_cents=row["quantity"] * row["price_cents"],
+    )
+
+
+def orders_n_plus_one(conn: sqlite3.Connection, user_id: int, limit: int) -> list[PastOrder]:
+    """The deliberate N+1: one query for the orders, then one more per order for its lines.
+
+    Each query is quick (both go through an index), but a shopper with 12
+    orders costs 13 queries, and ``limit=100`` up to 101: against a database
+    server, as many network round trips.
+    """
+    history = []
+    for order in conn.execute(ORDERS_OF_USER, (user_id, limit)).fetchall():
+        rows = conn.execute(LINES_OF_ORDER, (order["id"],)).fetchall()  # the N+1
+        history.append(
+            PastOrder(
+                order_id=order["id"],
+                created_at=order["created_at"],
+                total_cents=order["total_cents"],
+                items=[_line(row) for row in rows],
+            )
+        )
+    return history
+
+
+def orders_joined(conn: sqlite3.Connection, user_id: int, limit: int) -> list[PastOrder]:
+    """The fix: the same history from one JOIN, whatever the number of orders."""
+    history: list[PastOrder] = []
+    for row in conn.execute(ORDERS_WITH_LINES, (user_id, limit)).fetchall():
+        if not history or history[-1].order_id != row["id"]:
+            history.append(
+                PastOrder(
+                    order_id=row["id"],
+                    created_at=row["created_at"],
+                    total_cents=row["total_cents"],
+                    items=[],
+                )
+            )
+        if row["product_id"] is not None:
+            history[-1].items.append(_line(row))
+    return history
+
+
+@router.get("/api/orders")
+def order_history(
+    db: DB, user_id: User, limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20
+) -> OrderHistory:
+    """The shopper's past orders, newest first, with their lines."""
+    # Read per request, so a test (or a demo) can switch between the two.
+    fixed = os.environ.get("SHOP_FIX_N_PLUS_ONE") == "1"
+    load = orders_joined if fixed else orders_n_plus_one
+    return OrderHistory(orders=load(db.connection(), user_id, limit))
+
+
 def create_app(db_path: Path | None = None, products: int | None = None) -> FastAPI:
     """A new shop app; the database is created (or reused) at start-up.
 
@@ -334,7 +464,9 @@ def create_app(db_path: Path | None = None, products: int | None = None) -> Fast
 
     app = FastAPI(title="shop", lifespan=lifespan)
     app.include_router(router)
-    app.add_middleware(PerfMiddleware, budgets=Path(__file__).with_name("perf-budgets.toml"))
+    app.add_middleware(
+        PerfMiddleware, budgets=Path(__file__).with_name("perf-budgets.toml"), db=True
+    )
     return app
 
 

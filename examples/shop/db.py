@@ -19,12 +19,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from asgi_perf.db import instrument
+
 # Bump when the schema or the seed data change: the default file name carries
 # it, so an old cached database is never opened by newer code.
-DATA_VERSION = 1
+DATA_VERSION = 2
 DEFAULT_PRODUCTS = 50_000
 USERS = 500
 SEED = 20_241_129
+# Every account starts with an order history (GET /api/orders): 10 to 14
+# past orders of 1 to 5 lines each, placed over the year before SEEDED_AT.
+ORDERS_PER_USER = (10, 14)
+LINES_PER_ORDER = (1, 5)
+SEEDED_AT = 1_764_547_200.0  # 2025-12-01 00:00 UTC: the same history on every machine
+YEAR_S = 365 * 24 * 3600
 # Far below what a production login should use (OWASP suggests 600 000 for
 # PBKDF2-SHA256): high enough that login shows a real hashing cost in the
 # profile, low enough that seeding USERS accounts stays well under a second.
@@ -74,6 +82,9 @@ CREATE TABLE order_items (
 );
 CREATE INDEX orders_by_user ON orders(user_id);
 CREATE INDEX order_items_by_order ON order_items(order_id);
+-- Covers GET /products/categories: its GROUP BY reads this index, in
+-- category order, instead of every row of the table and a temporary b-tree.
+CREATE INDEX products_by_category ON products(category, price_cents);
 """
 # Deliberately missing: any index that could serve the search. The fix would be
 # an FTS5 table (CREATE VIRTUAL TABLE ... USING fts5); `LIKE '%q%'` can never
@@ -176,6 +187,28 @@ def _users(rng: random.Random) -> Iterator[tuple[int, str, bytes, bytes]]:
         yield n, name, salt, hash_password(password_for(name), salt)
 
 
+def _orders(
+    products: int, rng: random.Random
+) -> tuple[list[tuple[int, int, float, int]], list[tuple[int, int, int, int]]]:
+    """Each account's past orders, and their lines at the price paid then."""
+    orders: list[tuple[int, int, float, int]] = []
+    lines: list[tuple[int, int, int, int]] = []
+    for user_id in range(1, USERS + 1):
+        placed = sorted(
+            SEEDED_AT - rng.uniform(0, YEAR_S) for _ in range(rng.randint(*ORDERS_PER_USER))
+        )
+        for created_at in placed:
+            order_id = len(orders) + 1
+            total = 0
+            count = min(products, rng.randint(*LINES_PER_ORDER))
+            for product_id in sorted(rng.sample(range(1, products + 1), count)):
+                quantity, price = rng.randint(1, 3), rng.randrange(199, 49_999)
+                lines.append((order_id, product_id, quantity, price))
+                total += quantity * price
+            orders.append((order_id, user_id, round(created_at, 3), total))
+    return orders, lines
+
+
 def _is_current(path: Path, products: int) -> bool:
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
@@ -242,6 +275,10 @@ def _build(path: Path, products: int) -> None:
                 "INSERT INTO products VALUES (?, ?, ?, ?, ?, ?)", _products(products, rng)
             )
             conn.executemany("INSERT INTO users VALUES (?, ?, ?, ?)", _users(rng))
+            # Its own generator: the products and accounts stay those of version 1.
+            orders, lines = _orders(products, random.Random(SEED + 1))
+            conn.executemany("INSERT INTO orders VALUES (?, ?, ?, ?)", orders)
+            conn.executemany("INSERT INTO order_items VALUES (?, ?, ?, ?)", lines)
             conn.executemany(
                 "INSERT INTO meta VALUES (?, ?)",
                 [("version", str(DATA_VERSION)), ("products", str(products))],
@@ -274,17 +311,21 @@ class Database:
         if conn is None:
             # check_same_thread=False only so close() may close every thread's
             # connection from the shutdown thread; each is used by one thread.
-            conn = sqlite3.connect(
+            raw = sqlite3.connect(
                 self.path,
                 isolation_level=None,
                 check_same_thread=False,
                 timeout=BUSY_TIMEOUT_MS / 1000,
             )
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA foreign_keys = ON")
+            raw.row_factory = sqlite3.Row
+            raw.execute("PRAGMA foreign_keys = ON")
             # WAL needs no fsync per commit for a demo; a crash may lose the
             # last orders, never corrupt the file.
-            conn.execute("PRAGMA synchronous = NORMAL")
+            raw.execute("PRAGMA synchronous = NORMAL")
+            # From here every query is timed and counted for the request that
+            # ran it (/_perf/db, routes[].db); the proxy behaves like the
+            # connection. The set-up above is the thread's, not a request's.
+            conn = instrument(raw)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

@@ -62,7 +62,8 @@ def _scale() -> float:
 
 
 class CheckoutFlow(SequentialTaskSet):
-    """One visit: log in, browse, search, look at a product, buy it. Then again."""
+    """One visit: log in, browse, look at the categories, search, look at a
+    product, buy it, look at the order history. Then again."""
 
     product_id = 1
     total_products = 1
@@ -94,6 +95,11 @@ class CheckoutFlow(SequentialTaskSet):
             self.total_products = int(response.json()["total"])
 
     @task
+    def categories(self) -> None:
+        # The catalog's aggregation: a GROUP BY over every product.
+        self.client.get("/products/categories")
+
+    @task
     def search(self) -> None:
         response = self.client.get(
             "/products/search", params={"q": random.choice(SEARCHES)}, name="/products/search?q="
@@ -121,6 +127,11 @@ class CheckoutFlow(SequentialTaskSet):
     @task
     def checkout(self) -> None:
         self.client.post("/checkout")
+
+    @task
+    def order_history(self) -> None:
+        # The shop's N+1 (one query per past order): /_perf/db names the line.
+        self.client.get("/api/orders")
 
 
 class ShopUser(HttpUser):

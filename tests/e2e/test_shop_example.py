@@ -32,10 +32,12 @@ ROUTES = {
     "POST /login",
     "GET /products",
     "GET /products/search",
+    "GET /products/categories",
     "GET /products/{product_id}",
     "GET /cart",
     "POST /cart/items",
     "POST /checkout",
+    "GET /api/orders",
 }
 
 
@@ -152,6 +154,27 @@ async def test_search_finds_every_match_cheapest_first(shop: str, small_db: Path
     assert (too_short.status_code, missing.status_code) == (422, 422)
 
 
+async def test_categories_aggregate_the_whole_catalog(shop: str, small_db: Path) -> None:
+    async with client(shop) as http:
+        body = (await http.get("/products/categories")).json()
+
+    rows = body["categories"]
+    assert [r["category"] for r in rows] == sorted(shop_db.CATEGORIES)
+    assert sum(r["products"] for r in rows) == SMALL_CATALOG
+    with contextlib.closing(sqlite3.connect(small_db)) as conn:
+        kitchen = conn.execute(
+            "SELECT COUNT(*), MIN(price_cents), AVG(price_cents), MAX(price_cents) FROM products"
+            " WHERE category = 'kitchen'"
+        ).fetchone()
+    [ours] = [r for r in rows if r["category"] == "kitchen"]
+    assert (ours["products"], ours["min_price_cents"], ours["max_price_cents"]) == (
+        kitchen[0],
+        kitchen[1],
+        kitchen[3],
+    )
+    assert abs(ours["avg_price_cents"] - kitchen[2]) <= 0.5
+
+
 async def test_product_detail_and_unknown_ids(shop: str) -> None:
     async with client(shop) as http:
         product = await http.get("/products/42")
@@ -222,12 +245,19 @@ async def test_cart_then_checkout_creates_an_order_and_empties_the_cart(
 async def test_perf_stats_key_every_route_by_its_template(shop: str) -> None:
     async with client(shop) as http:
         auth = await login(http, 403)
-        for path in ("/products?page=3", "/products/search?q=lamp", "/products/1", "/products/2"):
+        for path in (
+            "/products?page=3",
+            "/products/search?q=lamp",
+            "/products/categories",
+            "/products/1",
+            "/products/2",
+        ):
             assert (await http.get(path)).status_code == 200, path
         assert (await http.get("/products/99999")).status_code == 404
         await http.post("/cart/items", json={"product_id": 5}, headers=auth)
         await http.get("/cart", headers=auth)
         await http.post("/checkout", headers=auth)
+        await http.get("/api/orders", headers=auth)
         stats = (await http.get("/_perf/stats")).json()
         budgets = (await http.get("/_perf/budgets")).json()
 
