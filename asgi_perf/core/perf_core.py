@@ -11,7 +11,6 @@ import asyncio
 import atexit
 import concurrent.futures
 import logging
-import os
 import threading
 import time
 import tracemalloc
@@ -25,8 +24,8 @@ from asgi_perf.budgets import BudgetSet, load_budgets
 from asgi_perf.capture import Capture, FrameId
 from asgi_perf.config import PerfConfig
 from asgi_perf.continuous import Ring
+from asgi_perf.core.snapshot import build_snapshot, worker_state
 from asgi_perf.db import sqlalchemy_events
-from asgi_perf.db.report import merge_states, route_state, route_summary, total_queries
 from asgi_perf.db.store import DBStats
 from asgi_perf.engines import WINDOW_ONLY, Engine, check_engine_name
 from asgi_perf.engines.sampler_impl import Sampler, SamplerEngine
@@ -38,7 +37,6 @@ from asgi_perf.memory.watch import ProcessMemory
 from asgi_perf.profiling import PROFILE_ID_KEY, RequestProfiler, engine_for, request_tag
 from asgi_perf.routes import RouteKeys, route_path
 from asgi_perf.server_windows import ServerWindows
-from asgi_perf.stats.merge import NotMergeable, merge_snapshots
 from asgi_perf.stats.store import Recorder
 from asgi_perf.storage import ProfileStore
 from asgi_perf.window import WindowFailed, Windows
@@ -48,13 +46,6 @@ logger = logging.getLogger("asgi_perf")
 
 T = TypeVar("T")
 READINGS_INTERVAL_S = 0.1
-
-MEMORY_NOTE = (
-    "per-request memory is the growth of process RSS since the last reading "
-    "before the request began (each route's first min_samples requests, then "
-    "every memory_sample_every-th), or with tracemalloc=True the traced peak; "
-    "concurrent requests blur both"
-)
 
 
 class PerfCore:
@@ -379,11 +370,7 @@ class PerfCore:
 
     def _worker_state(self) -> dict[str, Any]:
         """What this worker shares with the others: its counts, histograms, memory."""
-        state = self.recorder.state(self.in_flight())
-        state["process"] = self.memory.summary()
-        if self.db is not None:
-            state["db_state"] = self.db.state()
-        return state
+        return worker_state(self)
 
     async def fresh(self, timeout_s: float = 0.5) -> None:
         """Have every live worker write its state now, so an answer counts all.
@@ -411,77 +398,7 @@ class PerfCore:
 
         With workers, the numbers of every worker of the server, merged.
         """
-        workers = self.workers
-        process = self.memory.summary()
-        if workers is None:
-            own = snap = self.recorder.snapshot(self.in_flight(), self.memory_method, histograms)
-            snap["scope"] = "process"
-            snap["workers"] = [
-                {
-                    "pid": os.getpid(),
-                    "alive": True,
-                    "requests": own["requests"],
-                    "last_flush_s": None,
-                }
-            ]
-        else:
-            own = self.recorder.state(self.in_flight())
-            parts = [own] + [body["snapshot"] for body in workers.others() if body.get("snapshot")]
-            try:
-                snap = merge_snapshots(
-                    parts, histograms=histograms, memory_method=self.memory_method
-                )
-            except NotMergeable as exc:
-                self.internal_error("shared_dir", exc)
-                snap = merge_snapshots(
-                    [own], histograms=histograms, memory_method=self.memory_method
-                )
-            snap["scope"] = "server"
-            snap["workers"] = workers.describe(own["requests"])
-            # Each worker's own memory: process budgets hold for every one.
-            own["process"] = process
-            snap["processes"] = [p["process"] for p in parts if isinstance(p.get("process"), dict)]
-            snap["shared"] = workers.stats()
-        snap["pid"] = os.getpid()
-        snap["internal_errors"] = self.internal_errors
-        snap["profiling"] = {
-            "requests": None if self.requests is None else self.requests.stats(),
-            "windows": self.windows.stats(),
-            "store": self.store.stats(),
-        }
-        snap["profiling"]["sampler"] = self.sampler.stats()
-        snap["profiling"]["continuous"] = None if self.ring is None else self.ring.stats()
-        snap["process"] = process
-        if self.loop is not None:
-            snap["loop"] = self.loop.summary()
-            blocks = self.loop.route_blocks
-            for route in snap["routes"]:
-                route["loop_blocks"] = blocks.get(route["route"], 0)
-        else:
-            snap["loop"] = None
-        snap["memory_note"] = MEMORY_NOTE
-        if self.db is not None:
-            merged = merge_states(self.db.states())
-            for route in snap["routes"]:
-                found = merged.routes.get(route["route"])
-                route["db"] = route_summary(found)
-                if histograms:
-                    # What a merge of several hosts needs to add them exactly.
-                    route["histograms"]["db"] = route_state(found)
-            snap["db"] = {
-                "enabled": True,
-                "queries": total_queries(merged),
-                "n_plus_one_threshold": self.config.n_plus_one_threshold,
-            }
-        if self.budgets:
-            checked = self.budgets.check(snap)
-            snap["budgets"] = {
-                "ok": checked["ok"],
-                "failed": sum(1 for v in checked["verdicts"] if v["verdict"] == "fail"),
-            }
-            for route in snap["routes"]:
-                route["budget"] = self.budgets.route_verdict(route)
-        return dict(sorted(snap.items(), key=lambda kv: kv[0] != "schema"))
+        return build_snapshot(self, histograms=histograms)
 
     def reset(self) -> dict[str, Any]:
         """Clear all numbers; returns the snapshot that was cleared."""
