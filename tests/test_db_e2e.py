@@ -266,3 +266,25 @@ async def test_db_off_is_409_and_no_db_fields(live_server: Any, db_path: Path) -
     assert "db=True" in response.json()["error"]
     assert "db" not in snap
     assert all("db" not in route for route in snap["routes"])
+
+
+async def test_a_failure_while_counting_is_ours_the_query_still_answers(
+    live_server: Any, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug of asgi_perf's while it counts a query (injected into the
+    # normaliser every capture path goes through) must not reach the app.
+    import asgi_perf.db.tally as tally
+
+    def broken(sql: str) -> str:
+        raise RuntimeError("injected: the normaliser failed")
+
+    server = live_server(build_app(db_path))
+    async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as client:
+        before = (await _get(client, "/_perf/stats"))["internal_errors"]
+        monkeypatch.setattr(tally, "normalise", broken)
+        tally._shapes.clear()
+        assert await _get(client, "/few") == {"ok": True}
+        assert await _get(client, "/sync") == {"ok": True}
+        monkeypatch.undo()
+        after = (await _get(client, "/_perf/stats"))["internal_errors"]
+    assert after >= before + 1

@@ -25,6 +25,7 @@ pytest.importorskip("aiosqlite")
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.exc import OperationalError  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
+from sqlalchemy.pool import NullPool  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +33,10 @@ SECRET = "hunter2-b7c1"
 
 
 def build_app(db_path: Path) -> Any:
-    engine = sqlalchemy.create_engine(f"sqlite:///{db_path}")
-    aengine = create_async_engine(f"sqlite+aiosqlite:///{db_path}")
+    # NullPool: every connection is closed when given back, so none is left
+    # for the garbage collector to find (a ResourceWarning in a later test).
+    engine = sqlalchemy.create_engine(f"sqlite:///{db_path}", poolclass=NullPool)
+    aengine = create_async_engine(f"sqlite+aiosqlite:///{db_path}", poolclass=NullPool)
 
     def sync_items(request: Request) -> JSONResponse:
         with engine.connect() as conn:
@@ -108,3 +111,25 @@ async def test_sync_and_async_engines_are_counted_per_request(
     )
     assert n_plus_one["call_site"] == f"tests/test_db_sqlalchemy.py:{line}"
     assert SECRET not in everything
+
+
+async def test_a_failure_while_counting_never_reaches_the_apps_query(
+    live_server: Any, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLAlchemy's listeners run inside the app's execute: an exception of
+    # ours there would be the app's. Injected into the normaliser.
+    import asgi_perf.db.tally as tally
+
+    def broken(sql: str) -> str:
+        raise RuntimeError("injected: the normaliser failed")
+
+    server = live_server(build_app(db_path))
+    async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as client:
+        before = (await client.get("/_perf/stats")).json()["internal_errors"]
+        monkeypatch.setattr(tally, "normalise", broken)
+        tally._shapes.clear()
+        assert (await client.get("/sync")).status_code == 200
+        assert (await client.get("/async")).status_code == 200
+        monkeypatch.undo()
+        after = (await client.get("/_perf/stats")).json()["internal_errors"]
+    assert after >= before + 1

@@ -143,6 +143,7 @@ class PerfCore:
                 n_plus_one_threshold=cfg.n_plus_one_threshold,
                 slow_query_ms=cfg.slow_query_ms,
                 max_slow_queries=cfg.max_slow_queries,
+                on_error=self.internal_error,
             )
             if self.workers is not None:
                 self.db.others = self._others_db

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgi_perf.db.tally import record_ns
+from asgi_perf.db.tally import counting_failed, record_ns
 
 
 class _Seen:
@@ -28,10 +28,13 @@ def _log(query: Any) -> None:
     # asyncpg calls loggers with loop.call_soon, in a copy of the query's
     # context: the request's tally is found, one loop turn after the query,
     # but the stack is the loop's, not the app's: no call site.
-    text = str(query.query)
-    if _is_pool_reset(text):
-        return
-    record_ns(text, int(query.elapsed * 1e9), query.exception is not None, locate=False)
+    try:
+        text = str(query.query)
+        if _is_pool_reset(text):
+            return
+        record_ns(text, int(query.elapsed * 1e9), query.exception is not None, locate=False)
+    except Exception as exc:  # a bug of ours: counted, never asyncpg's problem
+        counting_failed(exc)
 
 
 # What asyncpg's pool runs on a connection given back to it

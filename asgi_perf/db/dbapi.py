@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from asgi_perf.db.tally import record_fetch_ns, record_ns
+from asgi_perf.db.tally import counting_failed, record_fetch_ns, record_ns
 
 _ns = time.perf_counter_ns
 _OWN = frozenset({"_real", "_sql", "_ns"})
@@ -31,10 +31,10 @@ def _text(sql: object) -> str:
 
 def _count(sql: object, ns: int, failed: bool) -> None:
     # Counting must never break a query.
-    try:  # noqa: SIM105
+    try:
         record_ns(sql if type(sql) is str else _text(sql), ns, failed)
-    except Exception:  # pragma: no cover - a bug of ours, not the app's
-        pass
+    except Exception as exc:  # a bug of ours, not the app's
+        counting_failed(exc)
 
 
 def _timed(
@@ -48,10 +48,10 @@ def _timed(
         _count(sql, _ns() - t0, True)
         raise
     ns = _ns() - t0
-    try:  # noqa: SIM105 - inlined _count: this is every query's path
+    try:
         record_ns(sql if type(sql) is str else _text(sql), ns, False)
-    except Exception:  # pragma: no cover - a bug of ours, not the app's
-        pass
+    except Exception as exc:  # a bug of ours, not the app's
+        counting_failed(exc)
     return result, ns
 
 
@@ -115,10 +115,10 @@ class InstrumentedCursor(_Proxy):
             _count(sql, _ns() - t0, True)
             raise
         ns = _ns() - t0
-        try:  # noqa: SIM105
+        try:
             record_ns(sql if type(sql) is str else _text(sql), ns, False)
-        except Exception:  # pragma: no cover - a bug of ours, not the app's
-            pass
+        except Exception as exc:  # a bug of ours, not the app's
+            counting_failed(exc)
         _set_sql(self, sql)
         _set_ns(self, ns)
         return self if result is real else result
@@ -172,10 +172,10 @@ class InstrumentedCursor(_Proxy):
             return
         whole = self._ns + ns
         _set_ns(self, whole)
-        try:  # noqa: SIM105
+        try:
             record_fetch_ns(sql if type(sql) is str else _text(sql), ns, whole)
-        except Exception:  # pragma: no cover - a bug of ours, not the app's
-            pass
+        except Exception as exc:  # a bug of ours, not the app's
+            counting_failed(exc)
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._real)
@@ -216,10 +216,10 @@ class InstrumentedConnection(_Proxy):
             _count(sql, _ns() - t0, True)
             raise
         ns = _ns() - t0
-        try:  # noqa: SIM105
+        try:
             record_ns(sql if type(sql) is str else _text(sql), ns, False)
-        except Exception:  # pragma: no cover - a bug of ours, not the app's
-            pass
+        except Exception as exc:  # a bug of ours, not the app's
+            counting_failed(exc)
         return InstrumentedCursor(result, sql, ns) if result is not None else result
 
     def executemany(self, sql: Any, *args: Any, **kw: Any) -> Any:

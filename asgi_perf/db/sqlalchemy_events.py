@@ -14,30 +14,43 @@ import importlib.util
 import time
 from typing import Any
 
-from asgi_perf.db.tally import record_ns
+from asgi_perf.db.tally import counting_failed, record_ns
 
 _ns = time.perf_counter_ns
 _KEY = "_asgi_perf_t0"
 _installed = False
 
 
+# Each listener runs inside the app's query: a failure of ours is counted,
+# never raised into it.
+
+
 def _before(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-    if context is not None:
-        setattr(context, _KEY, _ns())
+    try:
+        if context is not None:
+            setattr(context, _KEY, _ns())
+    except Exception as exc:
+        counting_failed(exc)
 
 
 def _after(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-    t0 = getattr(context, _KEY, None)
-    if t0 is not None:
-        record_ns(statement, _ns() - t0, False)
+    try:
+        t0 = getattr(context, _KEY, None)
+        if t0 is not None:
+            record_ns(statement, _ns() - t0, False)
+    except Exception as exc:
+        counting_failed(exc)
 
 
 def _error(exception_context: Any) -> None:
-    context = exception_context.execution_context
-    t0 = getattr(context, _KEY, None)
-    statement = exception_context.statement
-    if t0 is not None and statement is not None:
-        record_ns(statement, _ns() - t0, True)
+    try:
+        context = exception_context.execution_context
+        t0 = getattr(context, _KEY, None)
+        statement = exception_context.statement
+        if t0 is not None and statement is not None:
+            record_ns(statement, _ns() - t0, True)
+    except Exception as exc:
+        counting_failed(exc)
 
 
 def install() -> bool:

@@ -85,6 +85,7 @@ class DBStats:
         slow_query_ms: float = 100.0,
         max_slow_queries: int = 200,
         wall: Callable[[], float] = time.time,
+        on_error: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self._route_key = route_key
         self.max_routes = max_routes
@@ -102,6 +103,7 @@ class DBStats:
         self.others: Callable[[], list[State]] = list
         # Queries outside any request come here: the last one built wins.
         DEFAULT.sink = self
+        DEFAULT.on_error = on_error
 
     # -- called while queries run
 

@@ -11,6 +11,7 @@ of the sink that was built last.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Protocol
 
@@ -119,12 +120,22 @@ _current = CURRENT.get
 
 
 class _Default:
-    """The sink that queries outside any request go to: the last one built."""
+    """The sink that queries outside any request go to: the last one built,
+    and what its core does with a failure of ours (counts and logs it)."""
 
     sink: Sink | None = None
+    on_error: Callable[[str, BaseException], None] | None = None
 
 
 DEFAULT = _Default()
+
+
+def counting_failed(exc: Exception) -> None:
+    """A bug of ours while counting a query: the query is the app's and stands;
+    the failure is counted in ``internal_errors`` and logged once."""
+    report = DEFAULT.on_error
+    if report is not None:
+        report("db", exc)  # PerfCore.internal_error: never raises
 
 
 def record_ns(sql: str, ns: int, failed: bool = False, locate: bool = True) -> None:
