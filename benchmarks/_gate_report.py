@@ -187,7 +187,8 @@ def pytest_figures(
 
 
 def _short(fullname: str) -> str:
-    return fullname.removeprefix("benchmarks/").replace(".py::", "::")
+    # The test's name with its parameters: unique across benchmarks/ files.
+    return fullname.rpartition("::")[2]
 
 
 def locust_figures(

@@ -59,7 +59,7 @@ def test_table_has_a_row_per_figure_with_ratio_threshold_and_verdict() -> None:
     text = table(
         [
             Figure("callgrind", "GET / added by asgi_perf", "instr", 15_000, 16_650, 3.0),
-            Figure("pytest", "test_overhead::test_request[bare-/]", "ms min", 7.0, 7.07, 15.0),
+            Figure("pytest", "test_request[bare-/]", "ms min", 7.0, 7.07, 15.0),
         ]
     )
     header, rule, first, second = text.splitlines()
@@ -97,10 +97,10 @@ def test_pytest_figures_take_the_fastest_round_of_every_run_of_a_tree() -> None:
     branch = [_run((name, 0.0095), ("benchmarks/t.py::new", 1.0)), _run((name, 0.0091))]
     figures, notes = pytest_figures(base, branch, 15.0)
     (figure,) = figures
-    assert figure.name == "test_overhead::test_request[asgi_perf-/]"
+    assert figure.name == "test_request[asgi_perf-/]"
     assert (figure.base, figure.branch) == pytest.approx((8.0, 9.1))
     assert figure.verdict == "PASS"  # +13.75 %
-    assert notes == ["pytest: only in branch: t::new", "pytest: only in base: t::gone"]
+    assert notes == ["pytest: only in branch: new", "pytest: only in base: gone"]
     slower = pytest_figures(base, [_run((name, 0.0093))], 15.0)[0][0]
     assert slower.verdict == "FAIL"  # +16.25 %
 
