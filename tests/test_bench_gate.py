@@ -253,24 +253,33 @@ def test_usage_errors_exit_2(
     assert message in out
 
 
+def _worktrees() -> set[str]:
+    return {line.split()[0] for line in _git(ROOT, "worktree", "list").splitlines()}
+
+
 @pytest.mark.slow
 def test_sigterm_stops_the_runs_and_removes_the_worktree(tmp_path: Path) -> None:
-    before = _git(ROOT, "worktree", "list")
+    before = _worktrees()
     gate = _gate("--base", "HEAD", "--results", str(tmp_path / "r"), BENCH_GATE_ONLY="pytest",
                  BENCH_GATE_QUICK="1")  # fmt: skip
-    log = tmp_path / "r" / "pytest" / "1-base.log"
-    deadline = time.monotonic() + 60
-    while not log.exists():
-        assert gate.poll() is None, gate.communicate()[0]
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    scratch = [line.split()[0] for line in _git(ROOT, "worktree", "list").splitlines()]
-    (base,) = [Path(p) for p in scratch if "bench-gate-" in p]
-    gate.send_signal(signal.SIGTERM)
-    out, _ = gate.communicate(timeout=30)
+    try:
+        log = tmp_path / "r" / "pytest" / "1-base.log"
+        deadline = time.monotonic() + 60
+        while not log.exists():
+            assert gate.poll() is None, gate.communicate()[0]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        # Another gate may run beside this one: its worktree is not ours.
+        (base,) = [Path(p) for p in _worktrees() - before if "bench-gate-" in p]
+        gate.send_signal(signal.SIGTERM)
+        out, _ = gate.communicate(timeout=30)
+    finally:
+        if gate.poll() is None:
+            gate.kill()
+            gate.communicate()
     assert gate.returncode == 128 + signal.SIGTERM, out
     assert not base.parent.exists()
-    assert _git(ROOT, "worktree", "list") == before
+    assert str(base) not in _worktrees()
     # No pytest-benchmark left running in the removed tree.
     for proc in Path("/proc").glob("[0-9]*/cmdline"):
         try:
