@@ -15,6 +15,10 @@ EXIT_PASS = 0
 EXIT_FAIL = 1
 EXIT_SETUP = 2
 
+# A profiled request's cost is the profiler library's (pyinstrument, yappi,
+# cProfile), over 12 rounds of 30 requests: the same code measured 11.5 and
+# 17.4 ms. Shown, not gated.
+PROFILED = "[profiled-"
 HEADER = ("figure", "base", "branch", "ratio", "threshold", "verdict")
 
 
@@ -177,7 +181,12 @@ def pytest_figures(
     base, branch = benchmark_minimums(base_runs), benchmark_minimums(branch_runs)
     figures = [
         Figure(
-            "pytest", _short(name), "ms min", base[name] * 1e3, branch[name] * 1e3, threshold_pct
+            "pytest",
+            _short(name),
+            "ms min",
+            base[name] * 1e3,
+            branch[name] * 1e3,
+            None if PROFILED in name else threshold_pct,
         )
         for name in sorted(set(base) & set(branch))
     ]

@@ -103,6 +103,9 @@ def test_pytest_figures_take_the_fastest_round_of_every_run_of_a_tree() -> None:
     assert notes == ["pytest: only in branch: new", "pytest: only in base: gone"]
     slower = pytest_figures(base, [_run((name, 0.0093))], 15.0)[0][0]
     assert slower.verdict == "FAIL"  # +16.25 %
+    profiled = "benchmarks/p.py::test_profiled_request[profiled-yappi-/]"
+    shown = pytest_figures([_run((profiled, 0.1))], [_run((profiled, 0.2))], 15.0)[0][0]
+    assert shown.verdict == "info"
 
 
 def _snapshot(p99s: dict[str, float]) -> dict[str, Any]:
