@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck imports pytest bench bench-wrk bench-sampler bench-attribution bench-callgrind bench-workers clean
+.PHONY: demo test lint typecheck imports workflows pytest bench bench-gate bench-wrk bench-sampler bench-attribution bench-callgrind bench-workers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # System programs that some tests read their output with (Go's pprof for the
 # .pb.gz format, a Prometheus server scraping /_perf/metrics, Chromium showing
 # the dashboard to Playwright, PostgreSQL for the database tests' private
-# cluster, tests/postgres.py): installed with apt when this runs as root on
-# Debian or Ubuntu; elsewhere those tests skip and name the package to install.
-SYSDEPS := golang-go prometheus chromium postgresql
+# cluster (tests/postgres.py), valgrind counting the bench gate's
+# instructions): installed with apt when this runs as root on Debian or
+# Ubuntu; elsewhere those tests skip and name the package to install.
+SYSDEPS := golang-go prometheus chromium postgresql valgrind
 SYSSTAMP := $(VENV)/.sysdeps
 
 $(SYSSTAMP): Makefile | $(BIN)/python
@@ -55,7 +56,14 @@ pytest: $(STAMP) $(SYSSTAMP)
 	$(BIN)/coverage run -m pytest
 	$(BIN)/coverage report
 
-test: lint typecheck imports pytest
+# The GitHub workflows, this repository's and the one users copy, against the
+# workflow schema that ships inside check-jsonschema (no network).
+WORKFLOWS := $(wildcard .github/workflows/*.yml examples/ci/*.yml)
+
+workflows: $(STAMP)
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows $(WORKFLOWS)
+
+test: lint typecheck imports workflows pytest
 
 bench: $(STAMP)
 	$(BIN)/pytest benchmarks --benchmark-only -p no:randomly -o testpaths=benchmarks
@@ -79,5 +87,13 @@ bench-attribution: $(STAMP)
 bench-callgrind: $(STAMP)
 	$(BIN)/python benchmarks/callgrind_instructions.py
 
+# Issue #15: this tree against BASE (default origin/main, else main), both
+# measured in this run: callgrind, pytest-benchmark, a Locust run of the shop.
+# Knobs: BENCH_GATE_QUICK=1, BENCH_GATE_ONLY=callgrind,pytest,locust,
+# BENCH_GATE_LOCUST_STRICT=1. Exit 1: a figure past its threshold; 2: set-up.
+BASE ?=
+bench-gate: $(STAMP)
+	$(BIN)/python -m benchmarks.gate $(if $(BASE),--base $(BASE))
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks perf-results .coverage htmlcov
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks perf-results .coverage htmlcov bench-gate-results
