@@ -127,7 +127,9 @@ def test_a_driver_error_propagates_unchanged_and_is_counted_as_failed(sink: DBSt
         conn.execute("SELECT * FROM missing WHERE id = 7")
     assert type(wrapped_error.value) is type(raw_error.value)
     assert str(wrapped_error.value) == str(raw_error.value)
-    assert wrapped_error.value.sqlite_errorname == raw_error.value.sqlite_errorname
+    # sqlite_errorname: Python 3.11 and later.
+    name = getattr(raw_error.value, "sqlite_errorname", None)
+    assert getattr(wrapped_error.value, "sqlite_errorname", None) == name
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
     conn.execute("INSERT INTO t VALUES (1)")
     with pytest.raises(sqlite3.IntegrityError):
