@@ -17,8 +17,9 @@ import re
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pprof_reader
@@ -41,6 +42,7 @@ ID_HEADER = "x-perf-profile-id"
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
 REMOTE = ("203.0.113.7", 40000)
 UNKNOWN_ID = "0123456789abcdef"
+T = TypeVar("T")
 
 
 class Overlap:
@@ -127,6 +129,21 @@ def profile_id_of(response: httpx.Response) -> str:
     assert pid is not None, f"no {ID_HEADER} header: {dict(response.headers)}"
     assert ID_RE.match(pid), pid
     return pid
+
+
+async def in_own_task(request: Awaitable[T]) -> T:
+    """``request`` run in a task of its own, as a server runs each request.
+
+    httpx's ASGITransport calls the app in the caller's task. Under
+    pytest-asyncio on Python 3.10 that is the test's main task, which
+    backports.asyncio.runner makes a pure-Python ``asyncio.tasks._PyTask``:
+    its ``__step`` is a Python frame that returns between the coroutine's
+    yield and the loop's context switch, which empties the await stack
+    pyinstrument's ``async_mode="strict"`` keeps, so every await of the
+    request is recorded as ``[out-of-context]`` instead of ``[await]`` under
+    its function (any Python, any _PyTask). Servers run requests in C tasks.
+    """
+    return await asyncio.ensure_future(request)
 
 
 async def profiled(client: httpx.AsyncClient, path: str, **headers: str) -> str:
@@ -527,7 +544,8 @@ async def test_sampled_profiles_keep_the_slowest_and_the_last_per_route(client_f
     mw = perf(sample_rate=1.0, profile_budget=1.0, keep_slowest=keep_slowest, keep_last=keep_last)
     async with client_for(mw) as client:
         for ms in (2, 2, 150, 2, 2, 2, 2):
-            assert (await client.get("/nap", params={"ms": ms})).status_code == 200
+            response = await in_own_task(client.get("/nap", params={"ms": ms}))
+            assert response.status_code == 200
         kept = await listed(client, route="GET /nap")
         assert len(kept) == keep_slowest + keep_last
         slowest = await client.get("/_perf/profiles/slowest", params={"route": "GET /nap"})
@@ -632,7 +650,7 @@ async def test_a_pyinstrument_profile_does_not_grow_while_its_request_waits(clie
     sizes: dict[int, int] = {}
     async with client_for(mw) as client:
         # An app's first profile is the biggest (FastAPI inspects the endpoint once).
-        await profiled(client, "/nap?ms=1")
+        await in_own_task(profiled(client, "/nap?ms=1"))
         for ms in (20, 1000):
             done = asyncio.Event()
 
@@ -643,7 +661,7 @@ async def test_a_pyinstrument_profile_does_not_grow_while_its_request_waits(clie
 
             busy = asyncio.create_task(keep_busy())
             try:
-                pid = await profiled(client, f"/nap?ms={ms}")
+                pid = await in_own_task(profiled(client, f"/nap?ms={ms}"))
             finally:
                 done.set()
                 await busy
