@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from asgi_perf._types import Message, Scope, Send
 from asgi_perf.engines import Engine, Recording, load_engine
+from asgi_perf.engines.cprofile_impl import release_hook
 from asgi_perf.storage import ProfileStore
 
 PROFILE_HEADER = (b"x-perf-profile", b"1")
@@ -172,6 +173,7 @@ class RequestProfiler:
         thread; with no other request profiled now, none may stay."""
         if self.active == 0:
             sys.setprofile(None)
+            release_hook()  # cProfile on Python 3.12+: sys.monitoring, not setprofile
 
     def stats(self) -> dict[str, object]:
         return {

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from asgi_perf.capture import Capture, ProfileMeta
 from asgi_perf.engines import WINDOW_ONLY, Engine, Recording
+from asgi_perf.engines.cprofile_impl import release_hook
 from asgi_perf.errors import EngineUnavailable
 from asgi_perf.storage import ProfileStore
 
@@ -65,6 +66,7 @@ def unhook() -> None:
     """
     sys.setprofile(None)
     threading.setprofile(None)
+    release_hook()  # cProfile on Python 3.12+: sys.monitoring, not setprofile
 
 
 @dataclass

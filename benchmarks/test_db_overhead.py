@@ -32,8 +32,20 @@ TARGET_ADDED_US = 3.0
 SQL = "SELECT name FROM items WHERE id = ?"
 
 
+_OPEN: list[sqlite3.Connection] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_connections() -> Iterator[None]:
+    # Python 3.13 warns (ResourceWarning) about a connection collected unclosed.
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def _connection() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:")
+    _OPEN.append(conn)
     conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
     conn.executemany("INSERT INTO items (name) VALUES (?)", [(f"n{i}",) for i in range(100)])
     return conn

@@ -10,13 +10,30 @@ from __future__ import annotations
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from asgi_perf.db import NO_REQUEST, DBStats, instrument, record
 from asgi_perf.db.report import merge_states, report
+
+_OPEN: list[sqlite3.Connection] = []
+
+
+def _connect() -> sqlite3.Connection:
+    # Closed after the test: Python 3.13 warns (ResourceWarning) about one
+    # garbage-collected unclosed, and the warnings filter makes that an error.
+    conn = sqlite3.connect(":memory:")
+    _OPEN.append(conn)
+    return conn
+
+
+@pytest.fixture(autouse=True)
+def _close_connections() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 @pytest.fixture
@@ -26,8 +43,8 @@ def sink() -> DBStats:
 
 
 def _both(steps: Callable[[Any], Any]) -> tuple[Any, Any]:
-    raw = sqlite3.connect(":memory:")
-    wrapped = instrument(sqlite3.connect(":memory:"))
+    raw = _connect()
+    wrapped = instrument(_connect())
     return steps(raw), steps(wrapped)
 
 
@@ -75,7 +92,7 @@ def test_row_factory_and_other_attributes_are_set_on_the_real_connection(sink: D
 
     raw, wrapped = _both(steps)
     assert wrapped == raw
-    wrapped_conn = instrument(sqlite3.connect(":memory:"))
+    wrapped_conn = instrument(_connect())
     wrapped_conn.isolation_level = None
     assert wrapped_conn._real.isolation_level is None
 
@@ -110,7 +127,7 @@ def test_executescript_on_connection_and_cursor(sink: DBStats) -> None:
 
 
 def test_chained_execute_returns_the_instrumented_cursor(sink: DBStats) -> None:
-    conn = instrument(sqlite3.connect(":memory:"))
+    conn = instrument(_connect())
     cur = conn.cursor()
     assert cur.execute("SELECT 1") is cur
     cur.execute("SELECT 2").fetchall()
@@ -119,10 +136,10 @@ def test_chained_execute_returns_the_instrumented_cursor(sink: DBStats) -> None:
 
 
 def test_a_driver_error_propagates_unchanged_and_is_counted_as_failed(sink: DBStats) -> None:
-    raw = sqlite3.connect(":memory:")
+    raw = _connect()
     with pytest.raises(sqlite3.OperationalError) as raw_error:
         raw.execute("SELECT * FROM missing WHERE id = 7")
-    conn = instrument(sqlite3.connect(":memory:"))
+    conn = instrument(_connect())
     with pytest.raises(sqlite3.OperationalError) as wrapped_error:
         conn.execute("SELECT * FROM missing WHERE id = 7")
     assert type(wrapped_error.value) is type(raw_error.value)
@@ -166,7 +183,7 @@ def test_record_counts_a_query_of_any_driver(sink: DBStats) -> None:
 
 def test_rows_fetched_after_execute_add_to_the_statement_not_to_the_count() -> None:
     sink = DBStats(route_key=lambda scope: "unused", slow_query_ms=100)
-    conn = instrument(sqlite3.connect(":memory:"))
+    conn = instrument(_connect())
     # Each row sleeps 40 ms when sqlite reaches it: execute reaches the first,
     # fetchall the other two.
     conn.create_function("pause", 1, lambda s: time.sleep(s) or 0)

@@ -22,6 +22,7 @@ import pytest
 from conftest import build_fastapi_app
 
 from asgi_perf import PerfMiddleware
+from asgi_perf.window import unhook
 
 # An engine that fails is the profiler's trouble, not the client's (4xx)
 # nor a crash of asgi_perf (500): the profiling service is unavailable.
@@ -33,7 +34,16 @@ def faulty(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     faulty_engines.install(monkeypatch)
     yield
     # A failed test must not leave a profiler hook on the next one.
-    sys.setprofile(None)
+    unhook()
+
+
+def hooked() -> bool:
+    """A profiler hook is installed: sys.setprofile's, or (Python 3.12+,
+    where cProfile uses it) sys.monitoring's profiler tool id."""
+    monitoring: Any = getattr(sys, "monitoring", None)
+    if monitoring is not None and monitoring.get_tool(monitoring.PROFILER_ID) is not None:
+        return True
+    return sys.getprofile() is not None
 
 
 def perf(**options: Any) -> PerfMiddleware:
@@ -70,11 +80,11 @@ async def test_a_window_whose_engine_fails_to_stop_is_aborted_unhooked_and_said(
         assert started.status_code == 201, started.text
         wid = started.json()["id"]
         # cProfile's hook really is on this (the loop's) thread.
-        assert sys.getprofile() is not None
+        assert hooked()
 
         stopped = await client.post(f"/_perf/windows/{wid}/stop")
         assert_engine_failed(stopped, wid)
-        assert sys.getprofile() is None, "the failed engine's hook is still installed"
+        assert not hooked(), "the failed engine's hook is still installed"
         assert await internal_errors(client) == 1
         windows = (await client.get("/_perf/windows")).json()
         assert windows["running"] is None
@@ -97,7 +107,7 @@ async def test_a_window_whose_engine_fails_at_its_time_limit_is_aborted_and_said
         started = await client.post("/_perf/windows", params={"seconds": 1, "engine": "stop_fails"})
         wid = started.json()["id"]
         await asyncio.sleep(1.3)
-        assert sys.getprofile() is None
+        assert not hooked()
         assert await internal_errors(client) == 1
         # A stop after the limit is told how the window ended.
         assert_engine_failed(await client.post(f"/_perf/windows/{wid}/stop"), wid)
@@ -109,7 +119,7 @@ async def test_a_profile_request_whose_engine_fails_is_answered_503(client_for):
         response = await client.get("/_perf/profile", params={"seconds": 1, "engine": "stop_fails"})
         assert response.status_code == ENGINE_FAILED, response.text
         assert "failed while stopping" in response.json()["error"]
-        assert sys.getprofile() is None
+        assert not hooked()
         assert await internal_errors(client) == 1
 
 
@@ -123,7 +133,7 @@ async def test_a_server_window_part_whose_engine_fails_is_unhooked_and_counted_o
         response = await client.get("/_perf/profile", params={"seconds": 1, "engine": "stop_fails"})
         assert 400 <= response.status_code < 600, response.text
         assert response.status_code != 500, response.text
-        assert sys.getprofile() is None
+        assert not hooked()
         assert mw.core.internal_errors == 1
         assert mw.core.windows.current is None
 
@@ -155,7 +165,7 @@ async def test_a_cancelled_profile_request_aborts_its_window_at_once(client_for,
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        assert sys.getprofile() is None
+        assert not hooked()
         await assert_nothing_left_running(client)
         assert await internal_errors(client) == 0
 
@@ -332,7 +342,7 @@ async def test_an_engine_that_fails_to_start_a_window_is_a_503_and_counted(clien
         response = await perf_api.get("/profile", params={"seconds": 1, "engine": "start_fails"})
         assert response.status_code == ENGINE_FAILED, response.text
         assert await perf_api.internal_errors() == 2
-        assert sys.getprofile() is None
+        assert not hooked()
         # Nothing half-started stays: the next window runs.
         started = await perf_api.post("/windows", params={"seconds": 30, "engine": "cprofile"})
         assert started.status_code == 201
@@ -360,7 +370,7 @@ async def test_a_request_engine_that_fails_serves_the_request_and_counts(
         assert requests["failed"] == failures
         assert requests["failed"] + requests["skipped"] == 3
     # The hook a failed engine left is gone, whatever failed.
-    assert sys.getprofile() is None
+    assert not hooked()
 
 
 async def test_a_profile_no_format_can_render_is_a_json_answer_and_counted(client_for):

@@ -8,6 +8,7 @@ here for its exact call counts and because it needs nothing installed.
 from __future__ import annotations
 
 import cProfile
+import sys
 import threading
 import time
 from typing import Any
@@ -77,3 +78,27 @@ class _CProfileRecording:
         if not self._done:
             self._done = True
             self._busy.release()
+
+
+def release_hook() -> None:
+    """Free the ``sys.monitoring`` tool id a cProfile left enabled still holds.
+
+    From Python 3.12 cProfile hooks through ``sys.monitoring`` (its PROFILER
+    tool id), not ``sys.setprofile``: ``sys.setprofile(None)`` does not
+    remove it, and while the id is held every later cProfile fails to start
+    ("Another profiling tool is already active"). For when a recording could
+    be neither stopped nor aborted; a no-op before 3.12, or when the id is
+    free or held by a tool other than cProfile.
+    """
+    monitoring: Any = getattr(sys, "monitoring", None)
+    if monitoring is None:
+        return
+    tool = monitoring.PROFILER_ID
+    if monitoring.get_tool(tool) != "cProfile":
+        return
+    monitoring.set_events(tool, 0)
+    for name in dir(monitoring.events):
+        event = getattr(monitoring.events, name)
+        if name.isupper() and isinstance(event, int) and event and event & (event - 1) == 0:
+            monitoring.register_callback(tool, event, None)
+    monitoring.free_tool_id(tool)
