@@ -1,8 +1,10 @@
 """cProfile: the standard library's; one per interpreter, so single-flight.
 
 cProfile sees the thread that enabled it, all of it: a request's profile
-includes whatever other requests ran on the event loop meanwhile. It is
-here for its exact call counts and because it needs nothing installed.
+includes whatever other requests ran on the event loop meanwhile. From
+Python 3.12 cProfile hooks through ``sys.monitoring``, which is
+process-wide: other threads' calls land in the profile too. It is here for
+its exact call counts and because it needs nothing installed.
 """
 
 from __future__ import annotations
