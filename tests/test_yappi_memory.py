@@ -86,8 +86,17 @@ async def request_captures(asgi: Any, app: FastAPI) -> int:
 async def test_live_coroutines_and_memory_stay_bounded_over_many_yappi_captures(
     asgi, traced, capture
 ):
-    # A small store: the profiles it keeps (a window's is ~230 KB) are not a leak.
-    app = build_app({"max_concurrent_profiles": REQUESTS, "max_profiles": 3})
+    # A small store: the profiles it keeps (a window's is ~230 KB) are not a
+    # leak; nor are the memory timeline and the loop monitor's readings, which
+    # fill their bounded buffers while a slow run (coverage) goes on.
+    app = build_app(
+        {
+            "max_concurrent_profiles": REQUESTS,
+            "max_profiles": 3,
+            "memory_interval_s": 0,
+            "loop_monitor": False,
+        }
+    )
     await asgi(app, "GET", "/items/0")  # builds the middleware stack
     engine = perf_middleware_of(app).core.engine("yappi")
     engine.leak_budget = int(BUDGET_MB * 2**20)
